@@ -1,0 +1,8 @@
+"""fer_tf: facial expression recognition in the wild with TensorFlow/Keras.
+
+Reimplements Cafarelli et al., "Expression Recognition Analysis in the Wild"
+(ABAW 2020): a VGGFace2 SE-ResNet-50 fine-tuned on Aff-Wild2 + ExpW for the
+seven basic expressions, scored by 0.67 * macro-F1 + 0.33 * accuracy.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Readers for the on-disk datasets, the tf.data pipeline and augmentation."""
