@@ -1,0 +1,42 @@
+"""The one preprocessing function shared by training, evaluation and export.
+
+Images enter as RGB in [0, 255] (uint8 or float) at any size; the network wants
+224x224, BGR, minus the VGGFace2 mean, unscaled (reference/senet50-vggface2.md).
+"""
+
+import tensorflow as tf
+
+NETWORK_INPUT_SIZE = 224
+
+# VGGFace2 per-channel mean in B, G, R order (Caffe release; cydonia999/VGGFace2-pytorch).
+VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
+
+
+def resize(images, size: int = NETWORK_INPUT_SIZE):
+    """Bilinear resize of RGB images (batch or single) to size x size, as float32 0..255.
+
+    Bilinear with half-pixel centres, no antialiasing: what torchvision's Resize
+    does when it upsamples the 112x112 Aff-Wild2 crops. A no-op at the target size.
+    """
+    images = tf.convert_to_tensor(images)
+    images = tf.cast(images, tf.float32)
+    shape = tf.shape(images)
+    h, w = shape[-3], shape[-2]
+    same = tf.logical_and(tf.equal(h, size), tf.equal(w, size))
+    return tf.cond(
+        same,
+        lambda: tf.ensure_shape(images, images.shape[:-3] + (size, size, images.shape[-1])),
+        lambda: tf.image.resize(images, (size, size), method="bilinear"),
+    )
+
+
+def rgb_to_network_input(images):
+    """RGB 0..255 float -> BGR minus the VGGFace2 mean (what the weights expect)."""
+    images = tf.cast(images, tf.float32)
+    bgr = tf.reverse(images, axis=[-1])
+    return bgr - tf.constant(VGGFACE2_MEAN_BGR, dtype=tf.float32)
+
+
+def preprocess(images, size: int = NETWORK_INPUT_SIZE):
+    """RGB 0..255 images of any size -> network input (resize, then BGR minus mean)."""
+    return rgb_to_network_input(resize(images, size))
