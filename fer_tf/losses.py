@@ -1,0 +1,78 @@
+"""Class-weighted cross-entropy with PyTorch's reduction.
+
+The paper trains with ``torch.nn.CrossEntropyLoss(weight=w)``, whose mean divides the
+sum of weighted per-example losses by the *sum of the targets' weights*, not by the
+batch size (Keras' default reduction, which is 17.5x off with the paper's weights and
+varies with the class mix of each batch; reference/training-recipe.md).
+
+With gradient accumulation and several replicas the denominator must be the weight sum
+of the *whole* 256-image batch, so the pieces are exposed separately:
+``weighted_cross_entropy_sum`` gives the numerator of one micro-batch, the caller divides
+by the global weight sum.
+"""
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def per_example_cross_entropy(labels, logits) -> tf.Tensor:
+    """Unweighted cross-entropy of each example, from logits, in float32.
+
+    Args:
+      labels: int class indices, shape [B].
+      logits: unnormalised scores, shape [B, C], any float dtype (float16/bfloat16 under
+        mixed precision are upcast first: the softmax of low-precision logits loses digits).
+
+    Returns:
+      float32 tensor [B].
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+def weighted_cross_entropy_sum(labels, logits, weights) -> tf.Tensor:
+    """Sum over examples of ``weights_i * ce_i`` (float32 scalar), the loss numerator.
+
+    Args:
+      labels: int class indices [B].
+      logits: [B, C] logits.
+      weights: per-example weights [B] (the weight of each example's target class;
+        all ones for an unweighted loss).
+    """
+    ce = per_example_cross_entropy(labels, logits)
+    return tf.reduce_sum(tf.cast(weights, tf.float32) * ce)
+
+
+def weighted_cross_entropy(labels, logits, weights) -> tf.Tensor:
+    """PyTorch ``CrossEntropyLoss(weight=w)`` reduction: sum(w_i ce_i) / sum(w_i).
+
+    ``weights`` are per-example (``w[labels]`` for a class-weight vector ``w``).
+    A batch whose weights sum to zero gives NaN, as in PyTorch.
+    """
+    total_weight = tf.reduce_sum(tf.cast(weights, tf.float32))
+    return weighted_cross_entropy_sum(labels, logits, weights) / total_weight
+
+
+def class_weights_from_counts(counts: Sequence[int]) -> np.ndarray:
+    """The paper's class weights: ``max_count / count_c`` (float32, one per class).
+
+    Args:
+      counts: number of training images per class.
+
+    Raises:
+      ValueError: if a class has no images (its weight would be infinite); drop the
+        class or pass explicit weights instead.
+    """
+    counts = np.asarray(counts, dtype=np.float64).reshape(-1)
+    if counts.size == 0:
+        raise ValueError("class counts are empty; expected one count per class")
+    if np.any(counts <= 0):
+        empty = [i for i, c in enumerate(counts) if c <= 0]
+        raise ValueError(
+            f"classes {empty} have no training images (counts {counts.astype(int).tolist()}); "
+            "class weights max_count/count would be infinite: pass explicit weights "
+            "(e.g. --class_weights=1,1,...) or --class_weights=none")
+    return (counts.max() / counts).astype(np.float32)
