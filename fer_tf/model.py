@@ -1,0 +1,152 @@
+"""The expression model: in-graph preprocessing + SE-ResNet backbone + a new 7-way head.
+
+Input: RGB images in [0, 255] (float32; any size). The model resizes to the
+backbone's size, optionally augments (training only), converts to BGR minus the
+VGGFace2 mean, and returns logits. Training, evaluation and export all go through
+this one graph, so no caller can preprocess differently.
+"""
+
+import dataclasses
+import math
+import os
+
+import keras
+from keras import layers
+
+from fer_tf import classes, senet
+from fer_tf.data import preprocessing
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """Shape of an SE-ResNet backbone and the input size it runs at."""
+
+    blocks: tuple
+    base_width: int
+    input_size: int
+
+
+# "senet50" is the paper's network; the others are for CPU demos and tests.
+BACKBONES = {
+    "senet50": BackboneSpec(senet.SENET50_BLOCKS, 64, preprocessing.NETWORK_INPUT_SIZE),
+    "small": BackboneSpec((1, 1, 1, 1), 32, 112),
+    "tiny": BackboneSpec((1, 1, 1, 1), 16, 64),
+}
+
+
+@keras.saving.register_keras_serializable(package="fer_tf")
+class FacePreprocessing(layers.Layer):
+    """Resize -> (training: flip + ColorJitter) -> BGR minus the VGGFace2 mean.
+
+    The order follows the paper's torchvision pipeline (Resize, RandomHorizontalFlip,
+    ColorJitter, then normalisation). Runs in float32 whatever the global policy.
+    """
+
+    def __init__(self, size=224, augment=False, seed=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.size = size
+        self.augment = augment
+        self.seed = seed
+        self.augmentation = None
+        if augment:
+            from fer_tf.data import augment as augment_lib
+
+            self.augmentation = augment_lib.FaceAugmentation(seed=seed, name="augmentation")
+
+    def call(self, images, training=False):
+        x = preprocessing.resize(images, self.size)
+        if self.augmentation is not None and training:
+            x = self.augmentation(x, training=True)
+        return preprocessing.rgb_to_network_input(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.size, self.size, 3)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "augment": self.augment, "seed": self.seed}
+
+
+def _torch_linear_initializers(fan_in):
+    """PyTorch nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both tensors."""
+    bound = 1.0 / math.sqrt(fan_in)
+    kernel = keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
+    return kernel, keras.initializers.RandomUniform(-bound, bound)
+
+
+def build_backbone(backbone="senet50", backbone_weights=None):
+    """The SE-ResNet feature extractor (no fc) as a nested model named "backbone"."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    spec = BACKBONES[backbone]
+    if backbone_weights is not None and not os.path.isfile(backbone_weights):
+        raise FileNotFoundError(
+            f"backbone weights {backbone_weights!r} not found. Convert the VGGFace2 release first: "
+            "`python -m weights_conversion --src senet50_ft_weight.pkl --dst senet50_ft.weights.h5` "
+            "(senet50_ft_weight.pkl comes from the VGGFace2-pytorch project), then pass "
+            "--backbone_weights=senet50_ft.weights.h5, or train from scratch with --backbone_weights=''."
+        )
+    return senet.se_resnet(
+        spec.blocks,
+        spec.base_width,
+        include_top=False,
+        weights=backbone_weights,
+        input_shape=(spec.input_size, spec.input_size, 3),
+        name="backbone",
+    )
+
+
+def build_expression_model(
+    backbone="senet50",
+    backbone_weights=None,
+    num_classes=classes.NUM_CLASSES,
+    augment=False,
+    seed=None,
+):
+    """Builds the paper's model.
+
+    Args:
+      backbone: "senet50" (the paper's), or "small"/"tiny" for CPU demos and tests.
+      backbone_weights: a converted VGGFace2 `.weights.h5` file, or None for random init.
+      num_classes: size of the new head (7 ABAW expressions).
+      augment: random flip + ColorJitter inside the model when called with training=True.
+      seed: augmentation seed.
+
+    Returns:
+      A `keras.Model` from RGB [0, 255] images (None, None, None, 3) to logits. The
+      head is the Dense layer named "head"; the backbone is the nested model "backbone".
+    """
+    trunk = build_backbone(backbone, backbone_weights)
+    size = BACKBONES[backbone].input_size
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
+    x = FacePreprocessing(size, augment=augment, seed=seed, name="preprocessing")(images)
+    features = trunk(x)
+    kernel_init, bias_init = _torch_linear_initializers(features.shape[-1])
+    # The head stays float32 under mixed precision: logits feed a float32 loss.
+    logits = layers.Dense(
+        num_classes,
+        kernel_initializer=kernel_init,
+        bias_initializer=bias_init,
+        dtype="float32",
+        name="head",
+    )(features)
+    return keras.Model(images, logits, name=f"fer_{backbone}")
+
+
+def head_variables(model):
+    """Trainable variables of the head (learning rate 1e-3 in the paper)."""
+    return list(model.get_layer("head").trainable_variables)
+
+
+def backbone_variables(model):
+    """Trainable variables outside the head (learning rate 1e-6 in the paper)."""
+    head_ids = {id(v) for v in head_variables(model)}
+    return [v for v in model.trainable_variables if id(v) not in head_ids]
+
+
+def load_expression_model(path):
+    """Loads a `.keras` model written by training (custom layers registered here)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file {path!r} not found (expected a .keras file from training)")
+    return keras.saving.load_model(path, compile=False)
