@@ -1,0 +1,105 @@
+"""Face detection on the real photos in ../shared/data/faces, and cropping."""
+
+import numpy as np
+import pytest
+
+from fer_tf import faces
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return faces.FaceDetector()
+
+
+# Counts measured with FaceDetector() defaults (MTCNN from mtcnn 1.0.0, min_face_size 20,
+# min_score 0.9): they equal the faces in the photos (README of ../shared/data/faces).
+EXPECTED_FACES = {
+    "pyfeat_single_face.jpg": 1,
+    "fer_justin.jpg": 1,
+    "pyfeat_multi_face.jpg": 5,
+    "ina_India_236650352.jpg": 5,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FACES))
+def test_detects_every_face_in_real_photos(detector, faces_dir, name):
+    image = faces.read_image_rgb(faces_dir / name)
+    boxes = detector.detect(image)
+    assert len(boxes) == EXPECTED_FACES[name], boxes
+    height, width = image.shape[:2]
+    for box in boxes:
+        assert isinstance(box, faces.Box)
+        assert 0 <= box.x and 0 <= box.y and box.x + box.w <= width and box.y + box.h <= height
+        assert box.w >= 20 and box.h >= 20 and 0.9 <= box.score <= 1.0
+    # Deterministic: reading order, and the same boxes on a second call.
+    assert [b.x for b in boxes] == sorted(b.x for b in boxes)
+    assert detector.detect(image) == boxes
+    crops = faces.crop_faces(image, boxes, margin=0.2, size=112)
+    assert crops.shape == (len(boxes), 112, 112, 3) and crops.dtype == np.uint8
+
+
+def test_single_face_box_covers_the_face(detector, faces_dir):
+    # fer_justin.jpg is 381x384 with one face in the middle: the box centre lies in the
+    # central third of the photo and the box spans a sizeable part of it.
+    image = faces.read_image_rgb(faces_dir / "fer_justin.jpg")
+    (box,) = detector.detect(image)
+    cx, cy = box.x + box.w / 2, box.y + box.h / 2
+    assert 127 < cx < 254 and 128 < cy < 256
+    assert box.h > 100
+
+
+def test_detect_batch_same_as_single_and_no_face(detector, faces_dir):
+    image = faces.read_image_rgb(faces_dir / "ina_India_236650352.jpg")
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    blank = np.full_like(image, 128)
+    batch = detector.detect_batch([image, flipped, blank])
+    assert batch[0] == detector.detect(image)
+    assert batch[1] == detector.detect(flipped)
+    assert batch[2] == []
+    assert detector.detect_batch([blank, blank]) == [[], []]
+    assert detector.detect_batch([]) == []
+
+
+def test_grayscale_image_accepted(detector, faces_dir):
+    image = faces.read_image_rgb(faces_dir / "fer_justin.jpg")
+    gray = image.mean(axis=2).astype(np.uint8)
+    assert len(detector.detect(gray)) == 1
+
+
+def test_bad_images_rejected(tmp_path):
+    detector_input = np.zeros((4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="uint8"):
+        faces.crop_faces(detector_input, [(0, 0, 2, 2)])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        faces.read_image_rgb(bad)
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        faces.read_image_rgb(tmp_path / "missing.jpg")
+
+
+def test_crop_is_square_enlarged_and_padded():
+    # A 100x60 image whose pixel values encode their coordinates.
+    image = np.zeros((60, 100, 3), np.uint8)
+    image[..., 0] = np.arange(100)[None, :]
+    image[..., 1] = np.arange(60)[:, None]
+    image[..., 2] = 255
+    # Box 20x10 at (40, 25); margin 0.5 -> side 40 centred at (50, 30): window x 30..70,
+    # y 10..50, all inside. size=40 keeps pixels 1:1.
+    (crop,) = faces.crop_faces(image, [(40, 25, 20, 10)], margin=0.5, size=40)
+    np.testing.assert_array_equal(crop, image[10:50, 30:70])
+    # Near the corner: box (0, 0, 10, 10), margin 0.5 -> side 20 at (-5, -5): the first
+    # 5 rows/columns are black padding, the rest is image[0:15, 0:15].
+    (crop,) = faces.crop_faces(image, [faces.Box(0, 0, 10, 10, 1.0)], margin=0.5, size=20)
+    assert not crop[:5].any() and not crop[:, :5].any()
+    np.testing.assert_array_equal(crop[5:, 5:], image[0:15, 0:15])
+
+
+def test_crop_resizes_and_handles_no_boxes():
+    image = np.full((200, 200, 3), 77, np.uint8)
+    crops = faces.crop_faces(image, [(50, 50, 100, 80)], margin=0.2, size=112)
+    assert crops.shape == (1, 112, 112, 3)
+    assert (crops == 77).all()  # window 120x120 lies inside the uniform image
+    assert faces.crop_faces(image, [], size=112).shape == (0, 112, 112, 3)
+    with pytest.raises(ValueError, match="margin"):
+        faces.crop_faces(image, [(0, 0, 10, 10)], margin=-0.1)
