@@ -1,0 +1,232 @@
+"""tensorflow-datasets builders for Aff-Wild2 expression and ExpW, built offline.
+
+Both datasets are licence-gated, so the builders never download: the user points
+``manual_dir`` at the unpacked folders and ``python -m fer_tf.data.prepare`` writes
+TFRecord shards under ``data_dir``. Examples are ``{"image": JPEG (decoded to uint8
+RGB), "label": int64 ABAW index, "video": str, "frame": int64}``; the Aff-Wild2 crop
+bytes are stored as they are (no re-encoding), ExpW crops are cut from the photos and
+JPEG-encoded once. The readers in ``affwild2``/``expw`` enumerate the examples, so the
+records hold exactly what the readers return.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+import cv2
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from fer_tf import classes
+from fer_tf.data import affwild2, expw
+
+_AFFWILD2_INSTRUCTIONS = """\
+Aff-Wild2 is licence-gated: request access at https://ibug.doc.ic.ac.uk/resources/aff-wild2/
+and unpack the expression annotations and the cropped-aligned faces into one folder:
+
+  <manual_dir>/annotations/EXPR_Set/Training_Set|Train_Set|Validation_Set/<video>.txt
+  <manual_dir>/cropped_aligned/<video>/00001.jpg ...
+
+(2022-2024 editions: <manual_dir>/EXPR_Classification_Challenge/ or
+EXPR_Recognition_Challenge/ with Train_Set and Validation_Set, next to cropped_aligned/.)
+Then run: python -m fer_tf.data.prepare --dataset=affwild2 --manual_dir=<manual_dir> --data_dir=<out>
+"""
+
+_EXPW_INSTRUCTIONS = """\
+ExpW is licence-gated: request it from the authors (Zhang et al., "From Facial Expression
+Recognition to Interpersonal Relation Prediction") and unpack it so that:
+
+  <manual_dir>/label/label.lst
+  <manual_dir>/image/origin/<image_name>.jpg      (unpack image/origin.7z*)
+
+Then run: python -m fer_tf.data.prepare --dataset=expw --manual_dir=<manual_dir> --data_dir=<out>
+"""
+
+
+def _features(class_names):
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=list(class_names)),
+        "video": tfds.features.Text(),
+        "frame": tf.int64,
+    })
+
+
+@dataclasses.dataclass(eq=False)
+class Affwild2Config(tfds.core.BuilderConfig):
+    """keep_other: keep the 2022+ ``Other`` class as label 7 (8 classes)."""
+
+    keep_other: bool = False
+
+
+class Affwild2Expression(tfds.core.GeneratorBasedBuilder):
+    """Aff-Wild2 expression frames (label >= 0 and a crop), train and validation."""
+
+    name = "affwild2_expression"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Frames with a label and a cropped-aligned face."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _AFFWILD2_INSTRUCTIONS
+    BUILDER_CONFIGS = [
+        Affwild2Config(name="expr7", description="7 ABAW classes; Other dropped."),
+        Affwild2Config(name="expr8", description="8 classes, Other kept as 7.", keep_other=True),
+    ]
+
+    def _info(self):
+        names = classes.CLASS_NAMES + ((classes.OTHER_CLASS_NAME,) if self.builder_config.keep_other else ())
+        return self.dataset_info_from_configs(
+            description="Aff-Wild2 expression track (ABAW), cropped-aligned 112x112 faces.",
+            features=_features(names),
+            supervised_keys=("image", "label"),
+            homepage="https://ibug.doc.ic.ac.uk/resources/aff-wild2/",
+        )
+
+    def _split_generators(self, dl_manager):
+        root = os.fspath(dl_manager.manual_dir)
+        return {
+            "train": self._generate_examples(root, "train"),
+            "validation": self._generate_examples(root, "validation"),
+        }
+
+    def _generate_examples(self, root, split):
+        images, report = affwild2.read_affwild2_with_report(
+            root, split, keep_other=self.builder_config.keep_other)
+        logging.info("affwild2_expression %s: %s", split, report.summary())
+        for path, label, video, frame in zip(images.paths, images.labels, images.videos, images.frames):
+            with open(path, "rb") as f:
+                data = f.read()
+            yield f"{video}/{int(frame):06d}", {
+                "image": data, "label": int(label), "video": video, "frame": int(frame)}
+
+
+@dataclasses.dataclass(eq=False)
+class ExpwConfig(tfds.core.BuilderConfig):
+    """margin: box enlargement per side (fraction); min_confidence: box filter."""
+
+    margin: float = 0.0
+    min_confidence: Optional[float] = None
+
+
+def expw_config(margin: float = 0.0, min_confidence: Optional[float] = None):
+    """The predefined ExpW config for these options, or a custom one named after them."""
+    for config in Expw.BUILDER_CONFIGS:
+        if config.margin == margin and config.min_confidence == min_confidence:
+            return config.name
+    name = f"margin_{margin:g}" + (f"_conf_{min_confidence:g}" if min_confidence is not None else "")
+    return ExpwConfig(name=name, margin=margin, min_confidence=min_confidence,
+                      version=Expw.VERSION)
+
+
+class Expw(tfds.core.GeneratorBasedBuilder):
+    """ExpW faces cropped from label.lst boxes; one 'train' split (ExpW has no others)."""
+
+    name = "expw"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Crops of deduplicated label.lst boxes, labels in ABAW order."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _EXPW_INSTRUCTIONS
+    BUILDER_CONFIGS = [
+        ExpwConfig(name="margin_0", description="Raw boxes img[top:bottom, left:right]."),
+        ExpwConfig(name="margin_0.2", description="Boxes enlarged by 20% per side.", margin=0.2),
+    ]
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            description="Expression in-the-Wild (ExpW) face crops, labels remapped to ABAW order.",
+            features=_features(classes.CLASS_NAMES),
+            supervised_keys=("image", "label"),
+            homepage="https://mmlab.ie.cuhk.edu.hk/projects/socialrelation/index.html",
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(os.fspath(dl_manager.manual_dir))}
+
+    def _generate_examples(self, root):
+        config = self.builder_config
+        faces, lines, duplicates = expw.parse_label_file(expw.find_label_file(root))
+        image_dir = expw.find_image_dir(root)
+        if config.min_confidence is not None:
+            faces = [f for f in faces if f.confidence >= config.min_confidence]
+        by_photo = {}
+        for index, face in enumerate(faces):
+            by_photo.setdefault(face.image, []).append((index, face))
+        missing = empty = kept = 0
+        for photo, photo_faces in by_photo.items():
+            path = os.path.join(image_dir, photo)
+            image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) \
+                if os.path.isfile(path) else None
+            if image is None:
+                missing += len(photo_faces)
+                continue
+            for index, face in photo_faces:
+                crop = expw.crop_face(image, face, config.margin)
+                if crop.size == 0:
+                    empty += 1
+                    continue
+                ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, expw.JPEG_QUALITY])
+                if not ok:
+                    raise RuntimeError(f"OpenCV could not encode the crop of {face} from {path}")
+                kept += 1
+                yield f"{index:07d}", {
+                    "image": encoded.tobytes(), "label": classes.EXPW_TO_ABAW[face.label],
+                    "video": "", "frame": -1}
+        logging.info(
+            "expw: %d faces from %d lines; dropped %d duplicates, %d faces of missing photos, "
+            "%d empty boxes", kept, lines, duplicates, missing, empty)
+
+
+BUILDERS = {"affwild2": Affwild2Expression, "expw": Expw}
+
+
+def make_builder(dataset: str, data_dir, keep_other: bool = False, margin: float = 0.0,
+                 min_confidence: Optional[float] = None) -> tfds.core.DatasetBuilder:
+    """The builder for ``dataset`` ("affwild2" or "expw") writing under ``data_dir``."""
+    if dataset == "affwild2":
+        if margin or min_confidence is not None:
+            raise ValueError("margin and min_confidence apply to expw only")
+        return Affwild2Expression(data_dir=os.fspath(data_dir),
+                                  config="expr8" if keep_other else "expr7")
+    if dataset == "expw":
+        if keep_other:
+            raise ValueError("keep_other applies to affwild2 only")
+        return Expw(data_dir=os.fspath(data_dir), config=expw_config(margin, min_confidence))
+    raise ValueError(f"no TFDS builder for {dataset!r}; expected one of {sorted(BUILDERS)}")
+
+
+def build(dataset: str, manual_dir, data_dir, **options) -> tfds.core.DatasetBuilder:
+    """Builds the TFRecord shards offline from the user's unpacked folders.
+
+    Args:
+      dataset: "affwild2" or "expw".
+      manual_dir: the unpacked dataset (see MANUAL_DOWNLOAD_INSTRUCTIONS).
+      data_dir: where TFDS writes ``<name>/<config>/<version>/``.
+      **options: keep_other (affwild2); margin, min_confidence (expw).
+
+    Returns:
+      The prepared builder.
+
+    Raises:
+      FileNotFoundError: manual_dir missing or not in the expected layout.
+    """
+    if not os.path.isdir(manual_dir):
+        raise FileNotFoundError(f"manual_dir {os.fspath(manual_dir)!r} does not exist.\n"
+                                + BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS)
+    builder = make_builder(dataset, data_dir, **options)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.fspath(manual_dir), try_download_gcs=False))
+    return builder
+
+
+def load(dataset: str, data_dir, split: str, **options) -> tf.data.Dataset:
+    """Reads built records: a dataset of {"image": uint8 [H,W,3], "label": int64,
+    "video": string, "frame": int64}.
+
+    Raises:
+      FileNotFoundError: the dataset was not prepared in ``data_dir`` (says how to).
+    """
+    builder = make_builder(dataset, data_dir, **options)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"{builder.name}/{builder.builder_config.name} is not built in {os.fspath(data_dir)!r}; "
+            f"run: python -m fer_tf.data.prepare --dataset={dataset} --manual_dir=<unpacked "
+            f"{dataset}> --data_dir={os.fspath(data_dir)}")
+    return builder.as_dataset(split=split, shuffle_files=False)

@@ -1,0 +1,62 @@
+"""TFDS builders: offline build from generated trees, load, same examples as the readers."""
+
+import numpy as np
+import pytest
+
+import dataset_trees
+from fer_tf.data import affwild2, expw, tfds_builders
+
+
+def _records(dataset):
+    return [{k: (v.decode() if isinstance(v, bytes) else v) for k, v in ex.items()}
+            for ex in dataset.as_numpy_iterator()]
+
+
+def test_affwild2_build_and_load_match_reader(tmp_path):
+    root = dataset_trees.write_affwild2_2020(tmp_path / "manual")
+    out = tmp_path / "tfds"
+    builder = tfds_builders.build("affwild2", root, out)
+    assert builder.info.splits["train"].num_examples == 11
+    assert builder.info.splits["validation"].num_examples == 3
+    for split in ("train", "validation"):
+        reader = affwild2.read_affwild2(root, split)
+        records = sorted(_records(tfds_builders.load("affwild2", out, split)),
+                         key=lambda r: (r["video"], r["frame"]))
+        assert [(r["video"], r["frame"], r["label"]) for r in records] == list(
+            zip(reader.videos, reader.frames.tolist(), reader.labels.tolist()))
+        for r in records:
+            # Stored bytes are the crop file: all pixels = frame number (k + 1); JPEG of a
+            # flat 8x8 block decodes exactly (tolerance 1 grey level).
+            assert r["image"].shape == (8, 8, 3) and r["image"].dtype == np.uint8
+            assert np.abs(r["image"].astype(int) - (r["frame"] + 1)).max() <= 1
+
+
+def test_affwild2_other_config(tmp_path):
+    root = dataset_trees.write_affwild2_2022(tmp_path / "manual")
+    builder = tfds_builders.build("affwild2", root, tmp_path / "tfds", keep_other=True)
+    assert builder.info.features["label"].names[-1] == "Other"
+    labels = sorted(r["label"] for r in _records(tfds_builders.load(
+        "affwild2", tmp_path / "tfds", "train", keep_other=True)))
+    assert labels == [0, 3, 7, 7]
+
+
+def test_expw_build_and_load_match_reader(tmp_path):
+    root = dataset_trees.write_expw(tmp_path / "manual")
+    out = tmp_path / "tfds"
+    builder = tfds_builders.build("expw", root, out, min_confidence=0.5)
+    reader = expw.read_expw(root, tmp_path / "cache", min_confidence=0.5)
+    assert builder.info.splits["train"].num_examples == len(reader) == 7
+    records = _records(tfds_builders.load("expw", out, "train", min_confidence=0.5))
+    assert sorted(r["label"] for r in records) == sorted(reader.labels.tolist())
+    shapes = sorted(r["image"].shape[:2] for r in records)
+    assert shapes == [(10, 10)] * 6 + [(30, 30)]
+
+
+def test_load_before_prepare_says_how(tmp_path):
+    with pytest.raises(FileNotFoundError, match="fer_tf.data.prepare"):
+        tfds_builders.load("expw", tmp_path, "train")
+
+
+def test_missing_manual_dir_shows_instructions(tmp_path):
+    with pytest.raises(FileNotFoundError, match="label.lst"):
+        tfds_builders.build("expw", tmp_path / "nope", tmp_path / "tfds")
