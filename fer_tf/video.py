@@ -144,7 +144,8 @@ def draw_annotations(frame_rgb: np.ndarray, boxes: Sequence, labels: Sequence[st
     if len(boxes) != len(labels):
         raise ValueError(f"got {len(boxes)} boxes but {len(labels)} labels")
     out = np.ascontiguousarray(frame_rgb).copy()
-    thickness = max(1, round(min(out.shape[:2]) / 300))
+    # At least 2 px: 1-px lines smear under 4:2:0 chroma subsampling in mp4.
+    thickness = max(2, round(min(out.shape[:2]) / 300))
     scale = max(0.4, min(out.shape[:2]) / 800)
     for box, label in zip(boxes, labels):
         x, y, w, h = (int(v) for v in box[:4])

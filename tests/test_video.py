@@ -74,7 +74,7 @@ def test_write_annotated_video_round_trip(tmp_path, clip):
     assert [p.name for p in out.parent.iterdir()] == ["annotated.mp4"]  # no temp file left
     assert video.video_info(out) == video.VideoInfo(FRAMES, FPS, WIDTH, HEIGHT)
     decoded = np.concatenate([b[2] for b in video.iter_video_frames(out, batch_size=32)])
-    # Frame 0 is annotated: the left edge of the box (x = 20, rows 30..45) is green (0, 255, 0).
+    # Frame 0 is annotated: the left edge of the box (x = 20..21, rows 30..45) is green (0, 255, 0).
     edge = decoded[0, 30:46, 20].astype(float).mean(axis=0)
     np.testing.assert_allclose(edge, [0, 255, 0], atol=60)
     # Frame 1 is not: same place keeps the frame's own colour.
