@@ -95,3 +95,35 @@ def test_writer_rejects_wrong_size_and_aborts_cleanly(tmp_path):
         with video.AnnotatedVideoWriter(path, FPS, WIDTH, HEIGHT) as writer:
             writer.write(np.zeros((10, 10, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_real_face_video_to_abaw_file(tmp_path, faces_dir):
+    """Frames 0-3 and 6-9 show a real face, 4-5 are blank: detection finds exactly the
+    face frames, and the ABAW file still has the header and one label per frame."""
+    from fer_tf import faces, submission  # pylint: disable=import-outside-toplevel
+
+    photo = cv2.resize(faces.read_image_rgb(faces_dir / "fer_justin.jpg"), (192, 192))
+    path = tmp_path / "face.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (192, 192))
+    has_face = [True] * 4 + [False] * 2 + [True] * 4
+    for face in has_face:
+        writer.write(cv2.cvtColor(photo, cv2.COLOR_RGB2BGR) if face else np.full((192, 192, 3), 90, np.uint8))
+    writer.release()
+
+    detector = faces.FaceDetector()
+    present, stamps = [], []
+    for _, timestamps, frames in video.iter_video_frames(path, batch_size=4):
+        present += [len(boxes) == 1 for boxes in detector.detect_batch(frames)]
+        stamps += list(timestamps)
+    assert present == has_face
+    np.testing.assert_allclose(stamps, np.arange(10) / 5.0, atol=1e-12)
+    # Stand-in classifier output: class 4 before the gap, class 0 after it.
+    probs = np.full((10, 7), np.nan)
+    probs[:4] = np.eye(7)[4]
+    probs[6:] = np.eye(7)[0]
+    labels = submission.labels_from_probabilities(probs, present)
+    out = submission.write_abaw_submission(tmp_path / "face.txt", labels)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise"
+    # Gap frames 4 and 5 interpolate 1/3 and 2/3 of the way from class 4 to class 0.
+    assert lines[1:] == ["4"] * 5 + ["0"] * 5
