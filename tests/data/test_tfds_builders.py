@@ -60,3 +60,19 @@ def test_load_before_prepare_says_how(tmp_path):
 def test_missing_manual_dir_shows_instructions(tmp_path):
     with pytest.raises(FileNotFoundError, match="label.lst"):
         tfds_builders.build("expw", tmp_path / "nope", tmp_path / "tfds")
+
+
+def test_prepare_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = dataset_trees.write_affwild2_2020(tmp_path / "manual")
+    repo = dataset_trees.pathlib.Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fer_tf.data.prepare", "--dataset=affwild2",
+         f"--manual_dir={root}", f"--data_dir={tmp_path / 'tfds'}"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train=11" in proc.stdout and "validation=3" in proc.stdout
+    assert (tmp_path / "tfds" / "affwild2_expression" / "expr7" / "1.0.0").is_dir()

@@ -1,0 +1,62 @@
+r"""Builds the TFDS records of Aff-Wild2 or ExpW offline from the unpacked download.
+
+Usage::
+
+    python -m fer_tf.data.prepare --dataset=affwild2 --manual_dir=/data/affwild2 \
+        --data_dir=~/tensorflow_datasets [--keep_other]
+    python -m fer_tf.data.prepare --dataset=expw --manual_dir=/data/expw \
+        --data_dir=~/tensorflow_datasets [--margin=0.2] [--min_confidence=...]
+
+TFDS shows a progress bar per split; a summary line per split follows.
+"""
+
+import os
+import time
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Flags live here, defined only when run as a program (library code never reads them)."""
+    flags.DEFINE_enum("dataset", None, ["affwild2", "expw"], "Dataset to build.")
+    flags.DEFINE_string("manual_dir", None, "The unpacked download (see the builder's instructions).")
+    flags.DEFINE_string("data_dir", os.path.expanduser("~/tensorflow_datasets"),
+                        "Where the TFRecord shards are written.")
+    flags.DEFINE_bool("keep_other", False, "affwild2: keep the 2022+ 'Other' class as label 7.")
+    flags.DEFINE_float("margin", 0.0, "expw: enlarge boxes by this fraction per side.")
+    flags.DEFINE_float("min_confidence", None, "expw: drop boxes below this confidence.")
+    flags.mark_flags_as_required(["dataset", "manual_dir"])
+
+
+def prepare(dataset: str, manual_dir, data_dir, **options) -> dict:
+    """Builds the records and returns {split: number of examples}."""
+    # Imported here so that `--help` and flag errors do not wait for TensorFlow.
+    from fer_tf.data import tfds_builders
+
+    start = time.monotonic()
+    logging.info("Building %s from %s into %s", dataset, manual_dir, data_dir)
+    builder = tfds_builders.build(dataset, manual_dir, data_dir, **options)
+    counts = {name: split.num_examples for name, split in builder.info.splits.items()}
+    for name, n in counts.items():
+        logging.info("%s %s: %d examples", builder.info.full_name, name, n)
+    logging.info("Done in %.0f s: %s", time.monotonic() - start, builder.data_dir)
+    return counts
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    options = {}
+    if FLAGS.dataset == "affwild2":
+        options["keep_other"] = FLAGS.keep_other
+    else:
+        options.update(margin=FLAGS.margin, min_confidence=FLAGS.min_confidence)
+    counts = prepare(FLAGS.dataset, FLAGS.manual_dir, FLAGS.data_dir, **options)
+    print(" ".join(f"{name}={n}" for name, n in counts.items()))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
