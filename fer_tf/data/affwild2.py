@@ -15,7 +15,6 @@ integer per video frame; label line k (0-based after the header) belongs to
 
 import dataclasses
 import os
-import re
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -43,9 +42,6 @@ ANNOTATION_PARENTS = (
 )
 
 CROPS_FOLDER = "cropped_aligned"
-
-_CROP_NAME = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
-
 
 @dataclasses.dataclass
 class ReadReport:
@@ -227,9 +223,11 @@ def _list_crops(folder: str) -> Dict[int, str]:
     found = {}
     with os.scandir(folder) as it:
         for entry in it:
-            match = _CROP_NAME.match(entry.name)
-            if match:
-                found[int(match.group(1))] = entry.name
+            name = entry.name
+            # str methods rather than a regex: this runs once per crop (~1M times).
+            stem, dot, suffix = name.rpartition(".")
+            if dot and stem.isascii() and stem.isdigit() and suffix.lower() in ("jpg", "jpeg"):
+                found[int(stem)] = name
     return found
 
 
@@ -267,7 +265,8 @@ def read_affwild2_with_report(
         has_crop = np.fromiter((k + 1 in crops for k in wanted), dtype=bool, count=len(wanted))
         report.no_crop += int(np.count_nonzero(~has_crop))
         kept = wanted[has_crop]
-        paths.extend(os.path.join(folder, crops[k + 1]) for k in kept.tolist())
+        prefix = folder + os.sep  # plain concatenation: os.path.join per frame is slow
+        paths.extend([prefix + crops[k + 1] for k in kept.tolist()])
         labels.append(video_labels[kept])
         videos.extend([video] * len(kept))
         frames.append(kept)
