@@ -174,3 +174,14 @@ def test_streaming_under_mirrored_strategy_two_cpus():
     proc = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_in_keras_evaluate():
+    import keras  # pylint: disable=import-outside-toplevel
+
+    labels, logits = _random(6, n=200)
+    model = keras.Sequential([keras.Input((C,)), keras.layers.Identity()])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=[metrics.AbawScore()])
+    results = model.evaluate(logits, labels, batch_size=32, return_dict=True, verbose=0)
+    f1, acc, _ = _sklearn(labels, logits.argmax(1))
+    assert abs(results["abaw_score"] - (0.67 * f1 + 0.33 * acc)) < TOL
