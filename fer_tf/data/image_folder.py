@@ -6,7 +6,7 @@ grayscale and small: the tf.data pipeline decodes every image to 3 channels.
 """
 
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from absl import logging
