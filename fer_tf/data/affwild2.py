@@ -15,7 +15,7 @@ integer per video frame; label line k (0-based after the header) belongs to
 
 import dataclasses
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 from absl import logging
@@ -49,7 +49,7 @@ class ReadReport:
 
     Attributes:
       annotation_dir: the split folder that was read.
-      crops_dir: the folder holding one crop folder per video.
+      crops_dirs: the folders holding one crop folder per video, searched in order.
       videos: number of annotation files read.
       labelled_frames: label lines after the headers (all frames of all videos).
       kept: frames returned (label kept and a crop exists).
@@ -61,7 +61,7 @@ class ReadReport:
     """
 
     annotation_dir: str = ""
-    crops_dir: str = ""
+    crops_dirs: List[str] = dataclasses.field(default_factory=list)
     videos: int = 0
     labelled_frames: int = 0
     kept: int = 0
@@ -123,26 +123,40 @@ def find_annotation_dir(root, split: str) -> str:
     )
 
 
-def find_crops_dir(root, annotation_dir: str) -> str:
-    """Finds ``cropped_aligned`` next to the annotations (root or one of its parents)."""
+def _with_siblings(crops: str) -> List[str]:
+    # Later editions ship extra crops for new videos in sibling folders
+    # (e.g. cropped_aligned_new_50_vids/): use them too, main folder first.
+    parent = os.path.dirname(crops)
+    extra = sorted(
+        os.path.join(parent, n) for n in os.listdir(parent)
+        if n.startswith(CROPS_FOLDER) and n != CROPS_FOLDER and os.path.isdir(os.path.join(parent, n))
+    )
+    return [crops] + extra
+
+
+def find_crops_dirs(root, annotation_dir: str) -> List[str]:
+    """Finds ``cropped_aligned`` (and ``cropped_aligned*`` siblings) near the annotations.
+
+    Looks in the annotation folder and its parents up to the root, then beside the root.
+
+    Raises:
+      FileNotFoundError: nothing found; the message lists every path tried.
+    """
     root = os.path.abspath(os.fspath(root))
     tried = []
-    # Walk from the annotation folder up to (and including) the root.
     here = os.path.abspath(annotation_dir)
     while True:
-        candidate = os.path.join(here, CROPS_FOLDER)
-        tried.append(candidate)
-        if os.path.isdir(candidate):
-            return candidate
+        tried.append(os.path.join(here, CROPS_FOLDER))
         if here == root or os.path.dirname(here) == here:
             break
         here = os.path.dirname(here)
     # The root may be the annotations folder itself, with the crops beside it.
-    candidate = os.path.join(os.path.dirname(root), CROPS_FOLDER)
-    if candidate not in tried:
-        tried.append(candidate)
+    beside = os.path.join(os.path.dirname(root), CROPS_FOLDER)
+    if beside not in tried:
+        tried.append(beside)
+    for candidate in tried:
         if os.path.isdir(candidate):
-            return candidate
+            return _with_siblings(candidate)
     raise FileNotFoundError(
         f"No Aff-Wild2 crop folder found for annotations {annotation_dir!r}. Expected "
         f"'{CROPS_FOLDER}/<video>/00001.jpg ...' at one of:\n  " + "\n  ".join(tried)
@@ -232,7 +246,7 @@ def _list_crops(folder: str) -> Dict[int, str]:
 
 
 def read_affwild2_with_report(
-    root, split: str = "train", keep_other: bool = False, crops_dir: Optional[str] = None
+    root, split: str = "train", keep_other: bool = False, crops_dir=None
 ) -> Tuple[examples.LabelledImages, ReadReport]:
     """Like :func:`read_affwild2`, also returning what was dropped.
 
@@ -240,11 +254,16 @@ def read_affwild2_with_report(
       (images, report).
     """
     annotation_dir = find_annotation_dir(root, split)
-    crops_dir = os.fspath(crops_dir) if crops_dir else find_crops_dir(root, annotation_dir)
-    if not os.path.isdir(crops_dir):
-        raise FileNotFoundError(f"crops_dir {crops_dir!r} is not a folder of <video>/00001.jpg crops")
+    if crops_dir:
+        given = [crops_dir] if isinstance(crops_dir, (str, os.PathLike)) else list(crops_dir)
+        crops_dirs = [os.fspath(d) for d in given]
+        for d in crops_dirs:
+            if not os.path.isdir(d):
+                raise FileNotFoundError(f"crops_dir {d!r} is not a folder of <video>/00001.jpg crops")
+    else:
+        crops_dirs = find_crops_dirs(root, annotation_dir)
     class_names = tuple(classes.CLASS_NAMES) + ((classes.OTHER_CLASS_NAME,) if keep_other else ())
-    report = ReadReport(annotation_dir=annotation_dir, crops_dir=crops_dir)
+    report = ReadReport(annotation_dir=annotation_dir, crops_dirs=crops_dirs)
     files = sorted(n for n in os.listdir(annotation_dir) if n.endswith(".txt"))
     if not files:
         raise FileNotFoundError(f"{annotation_dir!r} holds no <video>.txt annotation files")
@@ -257,15 +276,16 @@ def read_affwild2_with_report(
         report.other_dropped += other
         report.unannotated += int(np.count_nonzero(video_labels == -1))
         wanted = np.nonzero(video_labels >= 0)[0]
-        folder = os.path.join(crops_dir, video)
-        crops = _list_crops(folder) if os.path.isdir(folder) else None
+        folders = [os.path.join(d, video) for d in crops_dirs]
+        folder = next((f for f in folders if os.path.isdir(f)), None)
+        crops = _list_crops(folder) if folder else None
         if crops is None:
             report.videos_without_crops.append(video)
             crops = {}
         has_crop = np.fromiter((k + 1 in crops for k in wanted), dtype=bool, count=len(wanted))
         report.no_crop += int(np.count_nonzero(~has_crop))
         kept = wanted[has_crop]
-        prefix = folder + os.sep  # plain concatenation: os.path.join per frame is slow
+        prefix = (folder or "") + os.sep  # plain concatenation: os.path.join per frame is slow
         paths.extend([prefix + crops[k + 1] for k in kept.tolist()])
         labels.append(video_labels[kept])
         videos.extend([video] * len(kept))
@@ -283,13 +303,13 @@ def read_affwild2_with_report(
     if report.videos_without_crops:
         logging.warning(
             "Aff-Wild2 %s: no crop folder in %s for %d videos, e.g. %s",
-            split, crops_dir, len(report.videos_without_crops), report.videos_without_crops[:5],
+            split, crops_dirs, len(report.videos_without_crops), report.videos_without_crops[:5],
         )
     return result, report
 
 
 def read_affwild2(
-    root, split: str = "train", keep_other: bool = False, crops_dir: Optional[str] = None
+    root, split: str = "train", keep_other: bool = False, crops_dir=None
 ) -> examples.LabelledImages:
     """Reads the Aff-Wild2 expression frames that have both a label and a face crop.
 
@@ -299,7 +319,10 @@ def read_affwild2(
       split: "train" (``Training_Set`` or ``Train_Set``) or "validation".
       keep_other: keep the 2022+ ``Other`` class as index 7 (class_names gets
         "Other"); by default those frames are dropped.
-      crops_dir: the ``cropped_aligned`` folder, if it is not next to the annotations.
+      crops_dir: the ``cropped_aligned`` folder (or a list of such folders, searched in
+        order per video) if it is not next to the annotations. By default
+        ``cropped_aligned`` is found beside the annotations, together with sibling
+        ``cropped_aligned*`` folders (extra crops of later editions).
 
     Returns:
       LabelledImages with ABAW-ordered labels, video = annotation file stem (with

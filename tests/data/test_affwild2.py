@@ -148,3 +148,27 @@ def test_parse_many_frames_is_fast(tmp_path):
     parsed, other = affwild2.parse_annotation_file(path)
     assert time.perf_counter() - start < 3.0
     assert parsed.tolist() == labels.tolist() and other == 0
+
+
+def test_extra_crop_folders_of_later_editions(tmp_path):
+    # 2023 shipped crops of new videos in cropped_aligned_new_50_vids/ beside cropped_aligned/.
+    root = dataset_trees.write_affwild2_2022(tmp_path)
+    dataset_trees.write_video(root / "EXPR_Classification_Challenge" / "Train_Set",
+                              root / "cropped_aligned_new_50_vids", "new", [6, 6],
+                              header=dataset_trees.HEADER8)
+    images, report = affwild2.read_affwild2_with_report(root, "train")
+    assert images.videos == ["a", "a", "new", "new"]
+    assert images.labels.tolist() == [0, 3, 6, 6]
+    assert images.paths[-1].endswith(os.path.join("cropped_aligned_new_50_vids", "new", "00002.jpg"))
+    assert report.crops_dirs == [str(root / "cropped_aligned"),
+                                 str(root / "cropped_aligned_new_50_vids")]
+    assert report.videos_without_crops == []
+
+
+def test_explicit_list_of_crop_folders(tmp_path):
+    root = dataset_trees.write_affwild2_2020(tmp_path)
+    only_v3 = tmp_path / "more"
+    dataset_trees.write_video(tmp_path / "unused", only_v3, "v3", [1, 1])
+    images, report = affwild2.read_affwild2_with_report(
+        root, "train", crops_dir=[root / "cropped_aligned", only_v3])
+    assert report.kept == 13 and report.videos_without_crops == []
