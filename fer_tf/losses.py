@@ -17,6 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 
+def _loss_dtype(logits):
+    # At least float32; float64 stays float64 (exactness tests against PyTorch).
+    return tf.float64 if logits.dtype == tf.float64 else tf.float32
+
+
 def per_example_cross_entropy(labels, logits) -> tf.Tensor:
     """Unweighted cross-entropy of each example, from logits, in float32.
 
@@ -26,9 +31,10 @@ def per_example_cross_entropy(labels, logits) -> tf.Tensor:
         mixed precision are upcast first: the softmax of low-precision logits loses digits).
 
     Returns:
-      float32 tensor [B].
+      float32 tensor [B] (float64 for float64 logits).
     """
-    logits = tf.cast(logits, tf.float32)
+    logits = tf.convert_to_tensor(logits)
+    logits = tf.cast(logits, _loss_dtype(logits))
     labels = tf.cast(labels, tf.int32)
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
 
@@ -43,7 +49,7 @@ def weighted_cross_entropy_sum(labels, logits, weights) -> tf.Tensor:
         all ones for an unweighted loss).
     """
     ce = per_example_cross_entropy(labels, logits)
-    return tf.reduce_sum(tf.cast(weights, tf.float32) * ce)
+    return tf.reduce_sum(tf.cast(weights, ce.dtype) * ce)
 
 
 def weighted_cross_entropy(labels, logits, weights) -> tf.Tensor:
@@ -52,8 +58,8 @@ def weighted_cross_entropy(labels, logits, weights) -> tf.Tensor:
     ``weights`` are per-example (``w[labels]`` for a class-weight vector ``w``).
     A batch whose weights sum to zero gives NaN, as in PyTorch.
     """
-    total_weight = tf.reduce_sum(tf.cast(weights, tf.float32))
-    return weighted_cross_entropy_sum(labels, logits, weights) / total_weight
+    numerator = weighted_cross_entropy_sum(labels, logits, weights)
+    return numerator / tf.reduce_sum(tf.cast(weights, numerator.dtype))
 
 
 def class_weights_from_counts(counts: Sequence[int]) -> np.ndarray:
