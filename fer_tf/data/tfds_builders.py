@@ -220,13 +220,27 @@ def load(dataset: str, data_dir, split: str, **options) -> tf.data.Dataset:
     """Reads built records: a dataset of {"image": uint8 [H,W,3], "label": int64,
     "video": string, "frame": int64}.
 
+    Args:
+      dataset: "affwild2", "expw", or "affwild2+expw" (the parts concatenated in order;
+        options go to the part they apply to).
+      data_dir: the TFDS data_dir given to prepare.
+      split: "train" or "validation" (ExpW has "train" only).
+      **options: keep_other (affwild2); margin, min_confidence (expw): select the
+        built config.
+
     Raises:
       FileNotFoundError: the dataset was not prepared in ``data_dir`` (says how to).
     """
-    builder = make_builder(dataset, data_dir, **options)
-    if not builder.is_prepared():
-        raise FileNotFoundError(
-            f"{builder.name}/{builder.builder_config.name} is not built in {os.fspath(data_dir)!r}; "
-            f"run: python -m fer_tf.data.prepare --dataset={dataset} --manual_dir=<unpacked "
-            f"{dataset}> --data_dir={os.fspath(data_dir)}")
-    return builder.as_dataset(split=split, shuffle_files=False)
+    parts = [n.strip() for n in dataset.split("+")]
+    result = None
+    for name in parts:
+        keys = ("keep_other",) if name == "affwild2" else ("margin", "min_confidence")
+        builder = make_builder(name, data_dir, **{k: v for k, v in options.items() if k in keys})
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"{builder.name}/{builder.builder_config.name} is not built in "
+                f"{os.fspath(data_dir)!r}; run: python -m fer_tf.data.prepare --dataset={name} "
+                f"--manual_dir=<unpacked {name}> --data_dir={os.fspath(data_dir)}")
+        part = builder.as_dataset(split=split, shuffle_files=False)
+        result = part if result is None else result.concatenate(part)
+    return result

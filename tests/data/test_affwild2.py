@@ -172,3 +172,13 @@ def test_explicit_list_of_crop_folders(tmp_path):
     images, report = affwild2.read_affwild2_with_report(
         root, "train", crops_dir=[root / "cropped_aligned", only_v3])
     assert report.kept == 13 and report.videos_without_crops == []
+
+
+def test_summary_is_logged(tmp_path, caplog):
+    root = dataset_trees.write_affwild2_2020(tmp_path)
+    with caplog.at_level("INFO"):
+        affwild2.read_affwild2(root, "train")
+    text = caplog.text
+    assert "11 frames kept from 4 videos" in text
+    assert "3 unannotated, 4 without a crop" in text
+    assert "4 Happiness" in text

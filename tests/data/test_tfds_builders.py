@@ -76,3 +76,13 @@ def test_prepare_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train=11" in proc.stdout and "validation=3" in proc.stdout
     assert (tmp_path / "tfds" / "affwild2_expression" / "expr7" / "1.0.0").is_dir()
+
+
+def test_load_merge_concatenates(tmp_path):
+    out = tmp_path / "tfds"
+    tfds_builders.build("affwild2", dataset_trees.write_affwild2_2020(tmp_path / "aff"), out)
+    tfds_builders.build("expw", dataset_trees.write_expw(tmp_path / "expw"), out)
+    records = _records(tfds_builders.load("affwild2+expw", out, "train"))
+    assert len(records) == 11 + 8
+    assert sorted(r["label"] for r in records[11:]) == sorted([4, 0, 1, 2, 3, 5, 6, 0])
+    assert all(r["video"] == "" and r["frame"] == -1 for r in records[11:])
