@@ -106,7 +106,10 @@ def read_checkpoint(path, fmt="auto"):
         raise ValueError(f"format must be auto, pkl or dag, got {fmt!r}")
     obj = _load_torch(path) if _is_torch_zip(path) else _load_pickle(path)
     arrays = _to_numpy_dict(obj, path)
-    detected = detect_format(arrays)
+    try:
+        detected = detect_format(arrays)
+    except NotACheckpointError as e:
+        raise NotACheckpointError(f"{path}: {e}") from None
     if fmt != "auto" and fmt != detected:
         raise NotACheckpointError(f"{path}: --format={fmt} was given but the names are {detected}'s")
     return arrays, detected
