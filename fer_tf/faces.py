@@ -19,6 +19,10 @@ import cv2
 import numpy as np
 
 
+# The face size MTCNN is always run with (see FaceDetector's min_face_size).
+_MTCNN_MIN_FACE = 20
+
+
 class Box(NamedTuple):
     """A detected face: top-left corner, width and height in pixels, and confidence."""
 
@@ -50,8 +54,10 @@ class FaceDetector:
     """MTCNN face detector returning every face in an RGB image.
 
     Args:
-      min_face_size: smallest face side in pixels searched for (MTCNN's image pyramid
-        starts there; larger is faster).
+      min_face_size: smallest face side in pixels searched for; larger is faster.
+        Values above 20 shrink the image by 20 / min_face_size before detection and
+        scale the boxes back (mtcnn 1.0.0's own min_face_size > 20 was measured to
+        find no face at all in the test photos, so it is always called with 20).
       min_score: faces with a lower final confidence are dropped.
       thresholds: MTCNN's per-stage confidence thresholds (PNet, RNet, ONet); the
         package defaults (0.6, 0.7, 0.8) find all faces of the test photos.
@@ -67,27 +73,40 @@ class FaceDetector:
                 "face detection needs the 'mtcnn' package (its weights ship in the wheel): "
                 "pip install mtcnn==1.0.0 lz4"
             ) from error
-        if min_face_size < 12:
-            raise ValueError(f"min_face_size must be >= 12 pixels (MTCNN's smallest window), got {min_face_size}")
+        if min_face_size < _MTCNN_MIN_FACE:
+            raise ValueError(f"min_face_size must be >= {_MTCNN_MIN_FACE} pixels, got {min_face_size}")
         if len(thresholds) != 3:
             raise ValueError(f"thresholds must be 3 numbers (PNet, RNet, ONet), got {thresholds!r}")
         self.min_face_size = int(min_face_size)
         self.min_score = float(min_score)
         self.thresholds = tuple(float(t) for t in thresholds)
         self._mtcnn = MTCNN(stages="face_and_landmarks_detection", device=device)
+        self._scale = _MTCNN_MIN_FACE / self.min_face_size
 
     def _kwargs(self):
         return dict(
-            min_face_size=self.min_face_size,
+            min_face_size=_MTCNN_MIN_FACE,
             threshold_pnet=self.thresholds[0],
             threshold_rnet=self.thresholds[1],
             threshold_onet=self.thresholds[2],
         )
 
-    def _boxes(self, faces) -> List[Box]:
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        image = _as_rgb(image)
+        if self._scale < 1.0:
+            height, width = image.shape[:2]
+            size = (max(1, round(width * self._scale)), max(1, round(height * self._scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return image
+
+    def _boxes(self, faces, shape) -> List[Box]:
+        height, width = shape[:2]
         boxes = []
         for face in faces:
-            x, y, w, h = (int(round(v)) for v in face["box"])
+            x, y, w, h = (int(round(v / self._scale)) for v in face["box"])
+            # Scaling back may round a box past the border: keep it inside the image.
+            x, y = min(max(x, 0), width - 1), min(max(y, 0), height - 1)
+            w, h = min(w, width - x), min(h, height - y)
             score = float(face["confidence"])
             if score >= self.min_score and w > 0 and h > 0:
                 boxes.append(Box(x, y, w, h, score))
@@ -105,10 +124,11 @@ class FaceDetector:
           list of `Box(x, y, w, h, score)`, sorted left to right then top to bottom;
           empty when there is no face (not an error).
         """
-        faces = self._mtcnn.detect_faces(_as_rgb(image_rgb), **self._kwargs())
+        image = _as_rgb(image_rgb)
+        faces = self._mtcnn.detect_faces(self._prepare(image), **self._kwargs())
         if faces and isinstance(faces[0], list):  # some versions wrap a single image
             faces = faces[0]
-        return self._boxes(faces)
+        return self._boxes(faces, image.shape)
 
     def detect_batch(self, images_rgb: Sequence[np.ndarray]) -> List[List[Box]]:
         """`detect` on several images: same-sized ones (video frames) in one batch.
@@ -118,17 +138,17 @@ class FaceDetector:
         Returns:
           one list of boxes per image, in input order.
         """
-        images = [_as_rgb(image) for image in images_rgb]
+        images = [self._prepare(image) for image in images_rgb]
         if len({image.shape for image in images}) != 1:
             # MTCNN pads mixed sizes to one canvas, which shifts and changes boxes
             # (measured with mtcnn 1.0.0): detect those one by one.
-            return [self.detect(image) for image in images]
+            return [self.detect(image) for image in images_rgb]
         if len(images) == 1:
-            return [self.detect(images[0])]
+            return [self.detect(images_rgb[0])]
         results = self._mtcnn.detect_faces(images, **self._kwargs())
         if len(results) != len(images):  # no face in any image: MTCNN returns []
             results = [[] for _ in images]
-        return [self._boxes(faces) for faces in results]
+        return [self._boxes(faces, image.shape) for faces, image in zip(results, images_rgb)]
 
 
 def square_box(box, margin: float = 0.2):
