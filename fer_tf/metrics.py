@@ -136,7 +136,8 @@ class AbawScore(keras.metrics.Metric):
         so accuracy and F1 become weighted as in sklearn's sample_weight.
 
     `result()` is the scalar ABAW score; `f1()`, `accuracy()`, `per_class_f1()` and
-    `confusion_matrix()` give the parts as tensors. The convention for absent
+    `confusion_matrix()` give the parts as tensors, `scores()` (eager) as a dict of
+    Python floats. The convention for absent
     classes is sklearn's zero_division=0 over all `num_classes` (module docstring).
     The state is one float64 [C, C] variable, summed across replicas under
     tf.distribute (float64 keeps counts exact far beyond Aff-Wild2's 1e6 frames).
@@ -207,6 +208,13 @@ class AbawScore(keras.metrics.Metric):
     def confusion_matrix(self):
         """The accumulated matrix, float64 [num_classes, num_classes] (rows: labels)."""
         return tf.convert_to_tensor(self.matrix)
+
+    def scores(self) -> Dict[str, Union[float, List[float]]]:
+        """Eager-only: dict(abaw_score, f1, accuracy, per_class_f1) as Python floats.
+
+        For logs and result files; computed in float64 by `scores_from_confusion`.
+        """
+        return scores_from_confusion(np.asarray(self.confusion_matrix()))
 
     def reset_state(self):
         self.matrix.assign(tf.zeros_like(self.matrix))

@@ -76,6 +76,9 @@ def test_streaming_matches_sklearn(absent):
     assert abs(float(metric.accuracy()) - acc) < TOL
     assert abs(float(metric.result()) - (0.67 * f1 + 0.33 * acc)) < TOL
     np.testing.assert_allclose(metric.per_class_f1().numpy(), per_class, atol=TOL)
+    report = metric.scores()
+    assert abs(report["f1"] - f1) < TOL and abs(report["accuracy"] - acc) < TOL
+    np.testing.assert_allclose(report["per_class_f1"], per_class, atol=TOL)
     if absent is not None:
         assert metric.per_class_f1().numpy()[absent] == 0.0
 
