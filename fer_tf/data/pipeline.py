@@ -1,0 +1,253 @@
+"""The tf.data input pipeline: read, decode, shuffle, batch uint8, prefetch.
+
+Elements are ``(images, labels, weights)``: uint8 RGB [B, S, S, 3], int32 [B],
+float32 [B] (the class weight of each label, or 1). The CPU side only decodes
+and resizes to the storage size (Aff-Wild2 crops are 112x112 already); the
+paper's augmentation, the resize to 224 and the BGR-mean normalisation run
+batched inside the train step (fer_tf.model), where an accelerator does them
+for free. ``augment=True`` instead does resize-224 + flip + ColorJitter here on
+the CPU (uint8 224 out), for comparison and for CPU-only setups.
+
+Corrupt files. tf.data has no per-element try/except that keeps the failing
+element's identity: ``ignore_errors`` drops an element with, at best, the
+decoder's message and no path. So files are checked once, in plain Python,
+before the dataset is built (``check_image_files``): missing, empty, unknown
+format, and truncated JPEG/PNG (no end marker) -- what breaks decoders in
+practice. Bad files are excluded, counted and their paths logged. A file that
+passes the check and still fails to decode is dropped by ``ignore_errors`` with
+a logged warning, so an epoch never crashes and nothing is dropped silently.
+The check reads 2 x 1 KiB per file (about 2 s per 100k files on a local disk).
+
+Resuming. The recommended way is ``skip_batches=N`` (N = batches already
+consumed, e.g. the optimiser step x accumulation): with a fixed seed, shuffle
+and augmentation draws are deterministic functions of the position, and
+skipping happens on the (path, label) stream before any decoding, so it is
+cheap and the checkpoint holds one integer. Checkpointing the iterator with
+``tf.train.Checkpoint(data=iterator)`` works too, but stores the shuffle buffer
+(all paths of the dataset) in every checkpoint.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from fer_tf.data import augment as augment_lib
+from fer_tf.data import class_weights as class_weights_lib
+from fer_tf.data import preprocessing
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Bytes read at each end of a file by the pre-check.
+_CHECK_BYTES = 1024
+_LOGGED_PATHS = 20
+
+
+def _file_problem(path):
+    """Why ``path`` would fail to decode, or None if it looks like a whole image."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - _CHECK_BYTES))
+            tail = f.read(_CHECK_BYTES)
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if head.startswith(b"\xff\xd8\xff"):
+        # Truncated downloads lose the end-of-image marker; some encoders pad after it.
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
+    if head.startswith((b"GIF87a", b"GIF89a", b"BM")):
+        return None
+    return f"not a JPEG, PNG, GIF or BMP file (starts with {head[:8]!r})"
+
+
+def check_image_files(paths, log_limit: int = _LOGGED_PATHS):
+    """Finds files that would break decoding, and logs them.
+
+    Args:
+      paths: image file paths.
+      log_limit: how many bad paths to log individually (all are counted).
+
+    Returns:
+      (ok, skipped): bool array, True for usable files; and a list of
+      (path, reason) for the others.
+    """
+    ok = np.ones(len(paths), dtype=bool)
+    skipped = []
+    for i, path in enumerate(paths):
+        problem = _file_problem(path)
+        if problem is not None:
+            ok[i] = False
+            skipped.append((path, problem))
+            if len(skipped) <= log_limit:
+                logging.warning("skipping %s: %s", path, problem)
+    if skipped:
+        logging.warning("skipped %d of %d image files that cannot be decoded%s", len(skipped),
+                        len(paths), f" (first {log_limit} listed above)"
+                        if len(skipped) > log_limit else "")
+    return ok, skipped
+
+
+def resize_uint8(image, size: int):
+    """Bilinear resize of one uint8 image to size x size (no-op if already that size).
+
+    Antialiased, so large ExpW/FER crops shrink without aliasing; rounds back to uint8.
+    """
+    shape = tf.shape(image)
+
+    def resized():
+        out = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+    same = tf.logical_and(tf.equal(shape[0], size), tf.equal(shape[1], size))
+    out = tf.cond(same, lambda: image, resized)
+    return tf.ensure_shape(out, (size, size, 3))
+
+
+def decode_image(data, size: int):
+    """Encoded JPEG/PNG/GIF/BMP bytes (gray or colour) -> uint8 RGB [size, size, 3]."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    return resize_uint8(image, size)
+
+
+def augment_batch(images, seed):
+    """The paper's CPU-side augmentation of a uint8 batch: resize 224, flip, jitter -> uint8.
+
+    Args:
+      images: uint8 RGB [B, H, W, 3].
+      seed: int [2] tensor; the pipeline uses (seed, batch index).
+    """
+    size = preprocessing.NETWORK_INPUT_SIZE
+    x = tf.cast(images, tf.float32)
+    if tuple(x.shape[1:3]) != (size, size):
+        # The same bilinear (half-pixel, no antialias) as preprocessing.resize; that
+        # function's tf.cond fails to trace when the static size is known and differs.
+        x = tf.image.resize(x, (size, size), method="bilinear")
+    x = x / 255.0
+    x = augment_lib.random_flip_and_jitter(x, seed)
+    return tf.cast(tf.round(x * 255.0), tf.uint8)
+
+
+def _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches, num_parallel_calls):
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=num_parallel_calls,
+                  deterministic=True)
+    if augment:
+        # One seed per batch from its global position, so a resumed run draws the same.
+        ds = ds.enumerate(start=skip_batches)
+        ds = ds.map(lambda i, batch: (augment_batch(batch[0], tf.stack([tf.cast(seed, tf.int64),
+                                                                        i])),) + batch[1:],
+                    num_parallel_calls=num_parallel_calls, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool = True,
+                 seed: int = 0, repeat: bool = False, class_weights=None,
+                 drop_remainder: bool = False, augment: bool = False,
+                 num_parallel_calls=AUTOTUNE, skip_corrupt: bool = True,
+                 skip_batches: int = 0) -> tf.data.Dataset:
+    """Batches of (uint8 RGB images, int32 labels, float32 weights) from labelled files.
+
+    Args:
+      images: a LabelledImages (fer_tf.data.examples) from any reader.
+      batch_size: images per batch.
+      image_size: decoded images are resized to image_size x image_size
+        (bilinear, antialiased) unless already that size.
+      shuffle: full uniform shuffle of the file list (as PyTorch's RandomSampler),
+        different in each epoch/iteration, the same for the same seed.
+      seed: shuffle and augmentation seed.
+      repeat: repeat forever (epochs follow each other without a gap).
+      class_weights: per-class weights (len = number of classes) or None for 1.
+      drop_remainder: drop the last incomplete batch.
+      augment: resize to 224 + flip + ColorJitter here on the CPU (uint8 224 out).
+      num_parallel_calls: parallelism of decode/augment maps (AUTOTUNE by default).
+      skip_corrupt: pre-check files and drop undecodable ones with a logged count
+        (see module docstring); False decodes everything and fails on a bad file.
+      skip_batches: batches to skip from the start (resume), before decoding.
+
+    Returns:
+      A deterministic tf.data.Dataset.
+
+    Raises:
+      ValueError: bad batch size or class weights, or no usable image.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    paths = list(images.paths)
+    labels = np.asarray(images.labels, np.int64)
+    if skip_corrupt:
+        ok, _ = check_image_files(paths)
+        paths = [p for p, k in zip(paths, ok) if k]
+        labels = labels[ok]
+    if not paths:
+        raise ValueError(f"no usable images (of {len(images)} listed)")
+    weights = class_weights_lib.example_weights(labels, class_weights)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths), tf.constant(labels, tf.int32), tf.constant(weights, tf.float32)))
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if skip_batches:
+        ds = ds.skip(int(skip_batches) * batch_size)
+    ds = ds.map(lambda p, y, w: (decode_image(tf.io.read_file(p), image_size), y, w),
+                num_parallel_calls=num_parallel_calls, deterministic=True)
+    if skip_corrupt:
+        ds = ds.ignore_errors(log_warning=True)
+    return _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches,
+                   num_parallel_calls)
+
+
+def make_dataset_from_records(records: tf.data.Dataset, batch_size: int, image_size: int = 112,
+                              shuffle: bool = True, seed: int = 0, shuffle_buffer: int = 20000,
+                              repeat: bool = False, class_weights=None,
+                              drop_remainder: bool = False, augment: bool = False,
+                              num_parallel_calls=AUTOTUNE, skip_batches: int = 0
+                              ) -> tf.data.Dataset:
+    """The same batches from a TFDS split (fer_tf.data.tfds_builders.load).
+
+    Args:
+      records: a tf.data.Dataset of dicts with "image" (encoded bytes -- load with
+        ``decoders={"image": tfds.decode.SkipDecoding()}`` for speed -- or uint8
+        [H, W, 3]) and "label" (int64); other keys are ignored.
+      shuffle_buffer: records are shuffled through a buffer of this many examples
+        (shuffle the TFDS files too for a better mix); other args as make_dataset.
+
+    Returns:
+      A deterministic tf.data.Dataset of (uint8 images, int32 labels, float32 weights).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    spec = records.element_spec
+    if not isinstance(spec, dict) or "image" not in spec or "label" not in spec:
+        raise ValueError(f"records must be dicts with 'image' and 'label', got {spec}")
+    table = None
+    if class_weights is not None:
+        table = tf.constant(np.asarray(class_weights, np.float32))
+    encoded = spec["image"].dtype == tf.string
+
+    def to_example(example):
+        label = tf.cast(example["label"], tf.int32)
+        image = example["image"]
+        image = decode_image(image, image_size) if encoded else resize_uint8(image, image_size)
+        weight = tf.ones([], tf.float32) if table is None else tf.gather(table, label)
+        return image, label, weight
+
+    ds = records
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if skip_batches:
+        ds = ds.skip(int(skip_batches) * batch_size)
+    ds = ds.map(to_example, num_parallel_calls=num_parallel_calls, deterministic=True)
+    # Records were validated when built; a bad one is still dropped with a warning.
+    ds = ds.ignore_errors(log_warning=True)
+    return _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches,
+                   num_parallel_calls)

@@ -1,0 +1,174 @@
+"""fer_tf.data.pipeline on small image trees written here (and a few real FER2013 files)."""
+
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fer_tf.data import pipeline
+from fer_tf.data.examples import LabelledImages
+
+
+def _write_images(root, n=20, size=112):
+    """n colour JPEGs (label i % 7) and returns LabelledImages; pixel [0,0] encodes the index."""
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for i in range(n):
+        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        img = cv2.GaussianBlur(img, (9, 9), 3)  # smooth: JPEG keeps it close
+        path = root / f"img{i:03d}.jpg"
+        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        paths.append(path)
+        labels.append(i % 7)
+    return LabelledImages(paths, labels)
+
+
+def _all(ds):
+    images, labels, weights = [], [], []
+    for x, y, w in ds:
+        images.append(x.numpy())
+        labels.append(y.numpy())
+        weights.append(w.numpy())
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(weights)
+
+
+def test_batches_dtypes_and_weights(tmp_path):
+    src = _write_images(tmp_path, n=10)
+    weights = np.arange(1, 8, dtype=np.float32)
+    ds = pipeline.make_dataset(src, batch_size=4, shuffle=False, class_weights=weights)
+    x, y, w = next(iter(ds))
+    assert x.dtype == tf.uint8 and x.shape == (4, 112, 112, 3)
+    assert y.dtype == tf.int32 and w.dtype == tf.float32
+    images, labels, ws = _all(ds)
+    np.testing.assert_array_equal(labels, src.labels)
+    np.testing.assert_array_equal(ws, weights[src.labels])
+    # Same pixels as decoding each file on its own (eager vs tf.data).
+    for i in (0, 9):
+        ref = pipeline.decode_image(tf.io.read_file(src.paths[i]), 112).numpy()
+        np.testing.assert_array_equal(images[i], ref)
+        cv_rgb = cv2.imread(src.paths[i])[:, :, ::-1]
+        diff = np.abs(images[i].astype(int) - cv_rgb)  # IDCT and chroma upsampling differ
+        assert diff.max() <= 8 and diff.mean() < 1.5
+    assert len(list(pipeline.make_dataset(src, 4, drop_remainder=True))) == 2
+
+
+def test_gray_and_png_become_three_channels_and_are_resized(tmp_path):
+    gray = (np.arange(48 * 48) % 256).astype(np.uint8).reshape(48, 48)
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    cv2.imwrite(str(tmp_path / "g.jpg"), gray)
+    big = np.zeros((300, 200, 3), np.uint8)
+    big[:, :, 2] = 200  # BGR -> red in RGB
+    cv2.imwrite(str(tmp_path / "big.png"), big)
+    src = LabelledImages([tmp_path / "g.png", tmp_path / "g.jpg", tmp_path / "big.png"], [0, 1, 2])
+    images, _, _ = _all(pipeline.make_dataset(src, 3, image_size=64, shuffle=False))
+    assert images.shape == (3, 64, 64, 3)
+    np.testing.assert_array_equal(images[0, :, :, 0], images[0, :, :, 2])
+    np.testing.assert_array_equal(images[2, 10, 10], [200, 0, 0])
+    expected = tf.image.resize(gray[:, :, None].astype(np.float32), (64, 64), antialias=True)
+    np.testing.assert_allclose(images[0, :, :, 1], np.round(expected[:, :, 0]), atol=1)
+
+
+def test_seeded_shuffle_is_repeatable_and_reshuffles_each_epoch(tmp_path):
+    src = _write_images(tmp_path, n=20)
+    order = lambda ds: [int(v) for v in _all(ds)[0][:, 0, 0, 0]]  # noqa: E731
+    a = pipeline.make_dataset(src, 5, seed=1)
+    first, second = order(a), order(a)
+    assert first == order(pipeline.make_dataset(src, 5, seed=1))
+    assert first != second  # a new order each iteration (epoch)
+    assert sorted(first) == sorted(second)
+    assert first != order(pipeline.make_dataset(src, 5, seed=2))
+
+
+def test_skip_batches_resumes_exactly(tmp_path):
+    src = _write_images(tmp_path, n=12)
+    full = pipeline.make_dataset(src, 5, seed=3, repeat=True, augment=True)
+    batches = [b[0].numpy() for b in full.take(7)]  # crosses an epoch boundary
+    resumed = pipeline.make_dataset(src, 5, seed=3, repeat=True, augment=True, skip_batches=4)
+    for k, b in enumerate(resumed.take(3)):
+        np.testing.assert_array_equal(b[0].numpy(), batches[4 + k])
+
+
+def test_iterator_checkpoint_also_resumes(tmp_path):
+    src = _write_images(tmp_path, n=12)
+    it = iter(pipeline.make_dataset(src, 4, seed=3, repeat=True))
+    next(it)
+    ckpt = tf.train.Checkpoint(data=it)
+    path = ckpt.write(str(tmp_path / "ckpt"))
+    expected = next(it)[1].numpy()
+    it2 = iter(pipeline.make_dataset(src, 4, seed=3, repeat=True))
+    tf.train.Checkpoint(data=it2).read(path).assert_consumed()
+    np.testing.assert_array_equal(next(it2)[1].numpy(), expected)
+
+
+def test_corrupt_files_are_skipped_counted_and_logged(tmp_path, caplog):
+    src = _write_images(tmp_path, n=6)
+    good = open(src.paths[0], "rb").read()
+    bad = {
+        "truncated.jpg": good[: len(good) // 2],
+        "empty.jpg": b"",
+        "text.jpg": b"this is not an image",
+        "truncated.png": cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()[:30],
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    paths = list(src.paths) + [str(tmp_path / n) for n in bad] + [str(tmp_path / "missing.jpg")]
+    ok, skipped = pipeline.check_image_files(paths)
+    assert ok.sum() == 6 and len(skipped) == 5
+    assert {p.split("/")[-1] for p, _ in skipped} == set(bad) | {"missing.jpg"}
+    with caplog.at_level(logging.WARNING):
+        ds = pipeline.make_dataset(LabelledImages(paths, [0] * len(paths)), 4, shuffle=False)
+    assert "skipped 5 of 11" in caplog.text and "truncated.jpg" in caplog.text
+    assert len(_all(ds)[1]) == 6
+
+
+def test_file_passing_the_check_but_not_decoding_is_dropped_not_fatal(tmp_path):
+    src = _write_images(tmp_path, n=3)
+    # JPEG markers at both ends, garbage in between: only the decoder can tell.
+    (tmp_path / "liar.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 500 + b"\xff\xd9")
+    paths = list(src.paths) + [str(tmp_path / "liar.jpg")]
+    ds = pipeline.make_dataset(LabelledImages(paths, [0, 1, 2, 3]), 2, shuffle=False)
+    assert list(_all(ds)[1]) == [0, 1, 2]
+    strict = pipeline.make_dataset(LabelledImages(paths, [0, 1, 2, 3]), 2, shuffle=False,
+                                   skip_corrupt=False)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        _all(strict)
+
+
+def test_augment_on_cpu_gives_uint8_224_and_is_seeded(tmp_path):
+    src = _write_images(tmp_path, n=4)
+    a = _all(pipeline.make_dataset(src, 4, shuffle=False, augment=True, seed=5))[0]
+    b = _all(pipeline.make_dataset(src, 4, shuffle=False, augment=True, seed=5))[0]
+    plain = _all(pipeline.make_dataset(src, 4, shuffle=False, image_size=224))[0]
+    assert a.shape == (4, 224, 224, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - plain).mean() > 5  # jitter changed the images
+
+
+def test_records_bytes_and_decoded(tmp_path):
+    src = _write_images(tmp_path, n=5)
+    data = [open(p, "rb").read() for p in src.paths]
+    encoded = tf.data.Dataset.from_tensor_slices(
+        {"image": data, "label": src.labels, "video": ["v"] * 5})
+    x, y, w = _all(pipeline.make_dataset_from_records(encoded, 2, shuffle=False,
+                                                      class_weights=np.arange(7) + 1.0))
+    ref, ref_y, _ = _all(pipeline.make_dataset(src, 5, shuffle=False))
+    np.testing.assert_array_equal(x, ref)
+    np.testing.assert_array_equal(y, ref_y)
+    np.testing.assert_array_equal(w, ref_y + 1.0)
+    decoded = tf.data.Dataset.from_tensor_slices({"image": ref, "label": src.labels})
+    x2 = _all(pipeline.make_dataset_from_records(decoded, 5, shuffle=False))[0]
+    np.testing.assert_array_equal(x2, ref)
+    with pytest.raises(ValueError, match="'image' and 'label'"):
+        pipeline.make_dataset_from_records(tf.data.Dataset.range(3), 2)
+
+
+def test_real_fer2013_files_decode(fer2013_dir):
+    paths = sorted((fer2013_dir / "test" / "happy").glob("*.jpg"))[:8]
+    assert paths, "no FER2013 test/happy images"
+    src = LabelledImages(paths, [4] * len(paths))
+    x, y, _ = _all(pipeline.make_dataset(src, 8, shuffle=False))
+    assert x.shape == (8, 112, 112, 3)
+    np.testing.assert_array_equal(x[..., 0], x[..., 1])  # gray -> 3 equal channels
+    assert x.std() > 10
