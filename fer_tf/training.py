@@ -1,0 +1,707 @@
+"""Training: the paper's train step, validation schedule, checkpoints, resume, summaries.
+
+Pieces, each usable alone (the benchmark and the tests use them directly):
+- `make_train_step`: one optimiser update from one global batch (256 images): split
+  into micro-batches inside the step (BatchNorm sees 64 images at a time), gradients
+  summed, PyTorch's two-group coupled-L2 SGD applied once (`fer_tf.optim.PaperSGD`),
+  loss = class-weighted CE with PyTorch's reduction over the *whole* batch.
+- `evaluate`: ABAW score, macro F1, accuracy, per-class F1 and confusion matrix with a
+  fresh `fer_tf.metrics.AbawScore` (never the training metrics).
+- `train_loop`: updates, logging, TensorBoard, validation, best model, early stopping,
+  checkpoints, resume, SIGTERM/Ctrl-C, NaN checks, result.json.
+- `train_and_evaluate(config, workdir)`: builds data, model, optimiser, strategy from a
+  `TrainConfig` and runs `train_loop` (the entry point `python -m fer_tf.train` calls it).
+
+Only the model contract is assumed: ``model(images, training=True) -> logits`` and a
+layer named ``"head"`` (learning rate ``lr_head``; everything else is the backbone).
+"""
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import threading
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from fer_tf import losses
+from fer_tf import metrics as fer_metrics
+from fer_tf import optim
+from fer_tf.classes import CLASS_NAMES
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+DISTRIBUTIONS = ("none", "mirrored")
+BACKBONES = ("senet50", "tiny")
+RESULT_FILE = "result.json"
+BEST_MODEL_FILE = "best_model.keras"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs. Defaults are the paper's recipe.
+
+    Attributes:
+      dataset: source name for `fer_tf.data.sources.load_source` ("affwild2+expw",
+        "fer2013", "image_folder", "demo", ...).
+      data_dir: root of the dataset (for "demo": created there if absent).
+      train_split / val_split: split names passed to `load_source`.
+      image_size: side of the uint8 images the input pipeline produces (the model
+        resizes to its own input size in-graph).
+      backbone: "senet50" (the paper) or "tiny" (a small SE-ResNet for demos/tests).
+      backbone_weights: converted VGGFace2 weights (``.weights.h5``); required unless
+        ``random_init``.
+      random_init: train the backbone from random initialisation.
+      batch_size: images per optimiser update (global, all replicas).
+      micro_batches: micro-batches per update (global); BatchNorm sees
+        batch_size / micro_batches images at a time.
+      lr_head, lr_backbone, momentum, weight_decay: `fer_tf.optim.SGDHyperParams`.
+      class_weights: "auto" (max_count / count_c from the training labels), "none",
+        or a comma list of one weight per class.
+      validate_every: optimiser updates between validations (paper: 3920).
+      checkpoint_every: updates between checkpoints (a hard kill loses at most this).
+      max_updates: stop after this many updates.
+      patience: stop after this many validations without a better ABAW score (0: never).
+      augment: random flip + ColorJitter in the model (training=True).
+      seed: seeds initialisation, shuffling (seed + epoch) and augmentation.
+      precision: "float32", "mixed_bfloat16" or "mixed_float16" (with loss scaling).
+      xla: compile the train step with XLA (single device only).
+      distribute: "none" or "mirrored" (all visible GPUs, or CPU devices).
+      log_every: updates between log lines / training summaries.
+      eval_batch_size: images per validation batch.
+      max_val_images: validate on at most this many images (0: all).
+      max_checkpoints: periodic checkpoints kept.
+      num_classes: model outputs (7 ABAW classes).
+    """
+
+    dataset: str = "affwild2+expw"
+    data_dir: str = ""
+    train_split: str = "train"
+    val_split: str = "validation"
+    image_size: int = 112
+    backbone: str = "senet50"
+    backbone_weights: str = ""
+    random_init: bool = False
+    batch_size: int = 256
+    micro_batches: int = 4
+    lr_head: float = 1e-3
+    lr_backbone: float = 1e-6
+    momentum: float = 0.9
+    weight_decay: float = 5e-3
+    class_weights: str = "auto"
+    validate_every: int = 3920
+    checkpoint_every: int = 500
+    max_updates: int = 39200
+    patience: int = 3
+    augment: bool = True
+    seed: int = 0
+    precision: str = "float32"
+    xla: bool = False
+    distribute: str = "none"
+    log_every: int = 50
+    eval_batch_size: int = 256
+    max_val_images: int = 0
+    max_checkpoints: int = 2
+    num_classes: int = 7
+
+    def sgd_hparams(self) -> optim.SGDHyperParams:
+        """The optimiser settings of this config."""
+        return optim.SGDHyperParams(self.lr_head, self.lr_backbone, self.momentum,
+                                    self.weight_decay)
+
+    def validate(self, num_replicas: Optional[int] = None):
+        """Checks the config before anything is built; errors say what to change.
+
+        Args:
+          num_replicas: replicas of the strategy, when known (for divisibility checks).
+
+        Raises:
+          ValueError: a bad combination, naming the flag(s) to change.
+        """
+        def positive(name):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+
+        for name in ("batch_size", "micro_batches", "validate_every", "checkpoint_every",
+                     "max_updates", "log_every", "eval_batch_size", "image_size",
+                     "num_classes", "max_checkpoints"):
+            positive(name)
+        if self.patience < 0:
+            raise ValueError(f"--patience must be >= 0 (0 disables early stopping), got {self.patience}")
+        if self.batch_size % self.micro_batches:
+            raise ValueError(
+                f"--batch_size={self.batch_size} is not divisible by --micro_batches="
+                f"{self.micro_batches}; choose e.g. --batch_size="
+                f"{self.micro_batches * max(1, self.batch_size // self.micro_batches)} "
+                f"or a --micro_batches that divides {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.distribute not in DISTRIBUTIONS:
+            raise ValueError(f"--distribute must be one of {DISTRIBUTIONS}, got {self.distribute!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"--backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.xla and self.distribute != "none":
+            raise ValueError("--xla works on a single device only (XLA under MirroredStrategy "
+                             "has open issues); use --distribute=none or --noxla")
+        if not self.random_init and not self.backbone_weights:
+            raise ValueError(
+                "no backbone weights: pass --backbone_weights=PATH to converted VGGFace2 "
+                "weights (convert the PyTorch release with `python -m weights_conversion "
+                "--src senet50_ft_weight.pkl --dst senet50_ft.weights.h5`) or --random_init "
+                "to train from scratch")
+        if self.random_init and self.backbone_weights:
+            raise ValueError("--random_init and --backbone_weights contradict each other; "
+                             "drop one of them")
+        if not self.random_init and not os.path.isfile(self.backbone_weights):
+            raise FileNotFoundError(
+                f"--backbone_weights={self.backbone_weights!r} does not exist. Convert the "
+                "VGGFace2 PyTorch release with `python -m weights_conversion --src "
+                f"senet50_ft_weight.pkl --dst {self.backbone_weights}`, or pass --random_init")
+        parse_class_weights(self.class_weights, self.num_classes)  # raises on bad syntax
+        if num_replicas:
+            check_replica_split(self.batch_size, self.micro_batches, num_replicas)
+        self.sgd_hparams().validate()
+
+
+def check_replica_split(batch_size: int, micro_batches: int, num_replicas: int):
+    """Raises ValueError unless every replica gets whole micro-batches of equal size."""
+    if micro_batches % num_replicas:
+        raise ValueError(
+            f"--micro_batches={micro_batches} is not divisible by the {num_replicas} replicas: "
+            f"each replica runs micro_batches/replicas micro-batches so BatchNorm keeps seeing "
+            f"{batch_size // micro_batches} images; use --micro_batches="
+            f"{num_replicas * max(1, micro_batches // num_replicas)} (and a --batch_size "
+            "divisible by it)")
+
+
+def parse_class_weights(text: str, num_classes: int):
+    """"auto" -> "auto", "none"/"" -> None, "a,b,..." -> float32 array of num_classes."""
+    text = (text or "none").strip().lower()
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    try:
+        values = np.array([float(v) for v in text.split(",")], np.float32)
+    except ValueError as e:
+        raise ValueError(f"--class_weights={text!r}: expected 'auto', 'none' or "
+                         f"{num_classes} comma-separated numbers") from e
+    if values.shape[0] != num_classes or np.any(values < 0):
+        raise ValueError(f"--class_weights={text!r}: expected {num_classes} non-negative "
+                         f"numbers (one per class, in order {CLASS_NAMES[:num_classes]}), "
+                         f"got {values.shape[0]}")
+    return values
+
+
+# ---------------------------------------------------------------------------------------
+# The train step.
+
+
+def _split_micro_batches(x, n):
+    """[B, ...] -> [n, B/n, ...], keeping static shapes when B is static."""
+    b = x.shape[0]
+    if b is not None and b % n:
+        raise ValueError(f"per-replica batch of {b} is not divisible into {n} micro-batches")
+    inner = [d if d is not None else tf.shape(x)[i + 1] for i, d in enumerate(x.shape[1:])]
+    return tf.reshape(x, [n, -1 if b is None else b // n] + inner)
+
+
+def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
+                    strategy: Optional[tf.distribute.Strategy] = None,
+                    jit_compile: bool = False, head_name: str = "head") -> Callable:
+    """Builds the compiled function doing one optimiser update from one global batch.
+
+    Each replica receives batch/R images, runs ``micro_batches/R`` micro-batches in a
+    ``tf.while_loop`` (``parallel_iterations=1``: one micro-batch's activations live at a
+    time), sums the gradients of ``sum(w*ce) / W`` where ``W`` is the weight sum of the
+    whole global batch (so the total is PyTorch's ``CrossEntropyLoss(weight)`` of the
+    256 images), then applies `PaperSGD` once (coupled L2 counted once over replicas).
+    BatchNorm moving statistics are updated by every micro-batch's forward pass.
+
+    Args:
+      model: built Keras model; ``model(x, training=True)`` returns logits.
+      sgd: the optimiser (created and built in ``strategy.scope()``).
+      micro_batches: micro-batches per update over all replicas.
+      strategy: a tf.distribute strategy (default: none / the current one).
+      jit_compile: XLA-compile the step (single replica only).
+      head_name: name of the layer trained at ``lr_head``.
+
+    Returns:
+      ``step(images, labels, weights) -> {"loss": float32, "grad_norm": float32}``;
+      the inputs are global-batch tensors, or per-replica values from
+      ``strategy.experimental_distribute_dataset``. ``loss`` is the batch's weighted CE,
+      ``grad_norm`` the global norm of its gradient (before L2 and the lr ratio).
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if micro_batches % replicas:
+        check_replica_split(micro_batches, micro_batches, replicas)
+    if jit_compile and replicas > 1:
+        raise ValueError("jit_compile needs a single replica (XLA under MirroredStrategy "
+                         "has open issues); set xla off or use one device")
+    local_micro = micro_batches // replicas
+    variables = list(model.trainable_variables)
+    is_head = optim.head_mask(model, variables, head_name)
+    # float32 (also under mixed precision, whose variables are float32); float64 models
+    # (the exactness tests) keep float64 throughout.
+    loss_dtype = tf.float64 if all(v.dtype == "float64" for v in variables) else tf.float32
+
+    def replica_step(images, labels, weights):
+        weights = tf.cast(weights, loss_dtype)
+        total_weight = tf.reduce_sum(weights)
+        ctx = tf.distribute.get_replica_context()
+        if replicas > 1:
+            # The denominator is the weight sum of the *global* batch.
+            total_weight = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total_weight)
+        mb_images = _split_micro_batches(images, local_micro)
+        mb_labels = _split_micro_batches(labels, local_micro)
+        mb_weights = _split_micro_batches(weights, local_micro)
+
+        def body(i, loss_sum, grad_sums):
+            with tf.GradientTape() as tape:
+                logits = model(mb_images[i], training=True)
+                loss = tf.cast(losses.weighted_cross_entropy_sum(
+                    mb_labels[i], logits, mb_weights[i]), loss_dtype) / total_weight
+                scaled = sgd.scale_loss(loss)
+            grads = tape.gradient(scaled, variables,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grad_sums = [a + tf.cast(g, a.dtype) for a, g in zip(grad_sums, grads)]
+            return i + 1, loss_sum + loss, grad_sums
+
+        zeros = [tf.zeros(v.shape, v.dtype) for v in variables]
+        _, loss_sum, grads = tf.while_loop(
+            lambda i, *_: i < local_micro, body,
+            (tf.constant(0), tf.constant(0.0, loss_dtype), zeros),
+            parallel_iterations=1)
+        scale = sgd.current_loss_scale()
+        reduced = grads
+        if replicas > 1:
+            loss_sum = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss_sum)
+            # Only for the logged norm; the optimiser sums the replicas' gradients itself.
+            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grad_norm = tf.cast(tf.linalg.global_norm(reduced), tf.float32) / scale
+        sgd.apply(grads, variables, is_head, num_replicas=replicas)
+        return loss_sum, grad_norm
+
+    if replicas == 1 and not isinstance(strategy, tf.distribute.MirroredStrategy):
+        @tf.function(jit_compile=jit_compile)
+        def step(images, labels, weights):
+            loss, grad_norm = replica_step(images, labels, weights)
+            return {"loss": loss, "grad_norm": grad_norm}
+    else:
+        @tf.function
+        def step(images, labels, weights):
+            loss, grad_norm = strategy.run(replica_step, args=(images, labels, weights))
+            first = strategy.experimental_local_results
+            return {"loss": first(loss)[0], "grad_norm": first(grad_norm)[0]}
+    return step
+
+
+# ---------------------------------------------------------------------------------------
+# Validation.
+
+
+def make_predict_fn(model: keras.Model) -> Callable:
+    """Compiled ``images -> predicted class ids (int32)`` in inference mode."""
+    @tf.function
+    def predict(images):
+        return tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+    return predict
+
+
+def evaluate(predict_fn: Callable, dataset, num_classes: int) -> Dict:
+    """Scores a model on a dataset with a fresh `AbawScore` (not the training metrics).
+
+    Args:
+      predict_fn: from `make_predict_fn`.
+      dataset: yields (images, labels, ...) batches.
+      num_classes: classes the macro F1 averages over.
+
+    Returns:
+      dict(abaw_score, f1, accuracy, per_class_f1 (list), confusion_matrix (ndarray),
+      num_images).
+    """
+    metric = fer_metrics.AbawScore(num_classes=num_classes, name="val_abaw_score")
+    count = 0
+    for batch in dataset:
+        images, labels = batch[0], batch[1]
+        metric.update_state(labels, predict_fn(images))
+        count += int(labels.shape[0])
+    cm = metric.confusion_matrix().numpy()
+    scores = fer_metrics.scores_from_confusion(cm)
+    scores["confusion_matrix"] = cm
+    scores["num_images"] = count
+    return scores
+
+
+def per_class_table(scores: Dict, class_names: Sequence[str]) -> str:
+    """A small text table of per-class F1 (and support) for the log."""
+    cm = scores["confusion_matrix"]
+    lines = [f"{'class':<12}{'F1':>8}{'support':>10}"]
+    for name, f1, support in zip(class_names, scores["per_class_f1"], cm.sum(axis=1)):
+        lines.append(f"{name:<12}{f1:>8.4f}{int(support):>10d}")
+    lines.append(f"{'macro F1':<12}{scores['f1']:>8.4f}  accuracy {scores['accuracy']:.4f}"
+                 f"  ABAW {scores['abaw_score']:.4f}")
+    return "\n".join(lines)
+
+
+def confusion_matrix_image(cm: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """Renders a row-normalised confusion matrix as a uint8 RGB image [1, H, W, 3]."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=np.float64), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=80)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return tf.image.decode_png(buffer.getvalue(), channels=3).numpy()[None]
+
+
+# ---------------------------------------------------------------------------------------
+# TensorBoard summaries written with TensorFlow's own ops: the same records as
+# tf.summary.scalar/image, without requiring the tensorboard package to *write* them
+# (TF 2.21 no longer depends on it; `pip install tensorboard` to view the logs).
+
+
+def _metadata(plugin):
+    from tensorflow.core.framework import summary_pb2
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+
+
+def summary_scalar(tag: str, value, step: int):
+    """Writes a TensorBoard scalar to the default writer."""
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
+                     metadata=_metadata("scalars"))
+
+
+def summary_image(tag: str, image: np.ndarray, step: int):
+    """Writes one uint8 RGB image [H, W, 3] as a TensorBoard image summary."""
+    png = tf.io.encode_png(image)
+    tensor = tf.stack([tf.as_string(image.shape[1]), tf.as_string(image.shape[0]), png])
+    tf.summary.write(tag, tensor, step=step, metadata=_metadata("images"))
+
+
+# ---------------------------------------------------------------------------------------
+# Files.
+
+
+def write_json_atomic(path: str, payload: Dict):
+    """Writes JSON to ``path`` via a temporary file and os.replace."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model: keras.Model, path: str):
+    """Saves a ``.keras`` model via a temporary file and os.replace."""
+    tmp = path[: -len(".keras")] + f".tmp{os.getpid()}.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class _StopRequest:
+    """Turns SIGTERM / the first Ctrl-C into a flag the loop checks between updates.
+
+    Saving happens at a step boundary, so a checkpoint never holds a half-applied
+    update. A second Ctrl-C raises KeyboardInterrupt at once.
+    """
+
+    def __init__(self):
+        self.signal_name = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signal_name is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+        logging.warning("%s received: finishing this update, then writing a checkpoint",
+                        self.signal_name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class TrainingInterrupted(Exception):
+    """Raised after SIGTERM/SIGINT once the checkpoint is written; rerun to resume."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str):
+        super().__init__(f"{signal_name} at update {step}: checkpoint {checkpoint} written; "
+                         "rerun the same command to resume")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+# ---------------------------------------------------------------------------------------
+# The loop.
+
+
+@dataclasses.dataclass
+class LoopData:
+    """What the loop needs from the input pipeline.
+
+    Attributes:
+      train_epoch: ``epoch -> tf.data.Dataset`` of global batches ``(uint8 images,
+        int32 labels, float32 weights)`` for that epoch, finite, the same order every
+        time it is called with the same epoch (the resume relies on it: the loop skips
+        the batches of the epoch already used).
+      validation: ``() -> tf.data.Dataset`` of ``(images, labels, ...)`` batches.
+      images_per_epoch: for the log's epoch fraction (optional).
+    """
+
+    train_epoch: Callable[[int], tf.data.Dataset]
+    validation: Callable[[], tf.data.Dataset]
+    images_per_epoch: int = 0
+
+
+def _state_variables():
+    def var(name, value, dtype):
+        return tf.Variable(value, dtype=dtype, trainable=False, name=name)
+    return {
+        "step": var("step", 0, tf.int64),
+        "epoch": var("epoch", 0, tf.int64),
+        "batch_in_epoch": var("batch_in_epoch", 0, tf.int64),
+        "best_score": var("best_score", -1.0, tf.float64),
+        "best_step": var("best_step", -1, tf.int64),
+        "bad_validations": var("bad_validations", 0, tf.int64),
+        "last_validated": var("last_validated", -1, tf.int64),
+        "stopped_early": var("stopped_early", False, tf.bool),
+    }
+
+
+def _result_payload(state, best_scores, class_names, finished, reason):
+    payload = {
+        "best_step": int(state["best_step"].numpy()),
+        "updates": int(state["step"].numpy()),
+        "finished": finished,
+        "stop_reason": reason,
+    }
+    if best_scores is not None:
+        payload.update({
+            "val_abaw_score": best_scores["abaw_score"],
+            "val_f1": best_scores["f1"],
+            "val_accuracy": best_scores["accuracy"],
+            "val_per_class_f1": dict(zip(class_names, best_scores["per_class_f1"])),
+            "val_num_images": best_scores["num_images"],
+        })
+    return payload
+
+
+def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: TrainConfig,
+               workdir: str, strategy: Optional[tf.distribute.Strategy] = None,
+               class_names: Sequence[str] = CLASS_NAMES) -> Dict:
+    """Trains until ``max_updates`` or early stopping; resumes from ``workdir`` if possible.
+
+    Uses from ``config``: batch_size, micro_batches, validate_every, checkpoint_every,
+    max_updates, patience, log_every, xla, max_checkpoints, num_classes.
+
+    Writes into ``workdir``: ``checkpoints/`` (model, optimiser, step, epoch and batch
+    position, best score; atomic), TensorBoard events, ``best_model.keras`` and
+    ``result.json`` (rewritten at each improvement and at the end).
+
+    Returns:
+      The result.json payload.
+
+    Raises:
+      FloatingPointError: a non-finite loss, naming the update and last good checkpoint.
+      TrainingInterrupted: after SIGTERM/SIGINT, once a checkpoint is written.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    os.makedirs(workdir, exist_ok=True)
+    class_names = tuple(class_names)[: config.num_classes]
+    with strategy.scope():
+        sgd.build(model.trainable_variables)
+    train_step = make_train_step(model, sgd, config.micro_batches, strategy,
+                                 jit_compile=config.xla)
+    predict_fn = make_predict_fn(model)
+    state = _state_variables()
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=sgd.optimizer, **state)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, CHECKPOINT_DIR),
+                                         max_to_keep=config.max_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed from %s at update %d (epoch %d, batch %d)",
+                     manager.latest_checkpoint, int(state["step"].numpy()),
+                     int(state["epoch"].numpy()), int(state["batch_in_epoch"].numpy()))
+    else:
+        logging.info("No checkpoint in %s: starting from update 0", manager.directory)
+    writer = tf.summary.create_file_writer(workdir)
+    result_path = os.path.join(workdir, RESULT_FILE)
+    best_scores = None
+    if os.path.isfile(result_path):
+        with open(result_path) as f:
+            previous = json.load(f)
+        if "val_abaw_score" in previous:
+            best_scores = {
+                "abaw_score": previous["val_abaw_score"], "f1": previous["val_f1"],
+                "accuracy": previous["val_accuracy"],
+                "per_class_f1": list(previous["val_per_class_f1"].values()),
+                "num_images": previous.get("val_num_images", 0)}
+    lr_head, lr_backbone = sgd.learning_rates()
+
+    def save(reason):
+        path = manager.save(checkpoint_number=int(state["step"].numpy()))
+        logging.info("Checkpoint %s (%s)", path, reason)
+        return path
+
+    def validate():
+        nonlocal best_scores
+        step = int(state["step"].numpy())
+        start = time.time()
+        scores = evaluate(predict_fn, data.validation(), config.num_classes)
+        logging.info("Validation at update %d (%d images, %.1fs): ABAW %.4f, F1 %.4f, "
+                     "accuracy %.4f\n%s", step, scores["num_images"], time.time() - start,
+                     scores["abaw_score"], scores["f1"], scores["accuracy"],
+                     per_class_table(scores, class_names))
+        with writer.as_default():
+            summary_scalar("val/abaw_score", scores["abaw_score"], step)
+            summary_scalar("val/f1", scores["f1"], step)
+            summary_scalar("val/accuracy", scores["accuracy"], step)
+            for name, f1 in zip(class_names, scores["per_class_f1"]):
+                summary_scalar(f"val/f1_{name}", f1, step)
+            summary_image("val/confusion_matrix",
+                          confusion_matrix_image(scores["confusion_matrix"], class_names)[0],
+                          step)
+        writer.flush()
+        state["last_validated"].assign(step)
+        if scores["abaw_score"] > state["best_score"].numpy():
+            state["best_score"].assign(scores["abaw_score"])
+            state["best_step"].assign(step)
+            state["bad_validations"].assign(0)
+            best_scores = scores
+            save_model_atomic(model, os.path.join(workdir, BEST_MODEL_FILE))
+            write_json_atomic(result_path, _result_payload(state, best_scores, class_names,
+                                                           False, "running"))
+            logging.info("New best ABAW %.4f at update %d: saved %s", scores["abaw_score"],
+                         step, BEST_MODEL_FILE)
+        else:
+            state["bad_validations"].assign_add(1)
+            logging.info("No improvement for %d validation(s) (best %.4f at update %d)",
+                         int(state["bad_validations"].numpy()),
+                         float(state["best_score"].numpy()), int(state["best_step"].numpy()))
+            if config.patience and state["bad_validations"].numpy() >= config.patience:
+                state["stopped_early"].assign(True)
+
+    def done():
+        return (int(state["step"].numpy()) >= config.max_updates
+                or bool(state["stopped_early"].numpy()))
+
+    interval = {"loss": 0.0, "grad_norm": 0.0, "n": 0, "start": time.time(), "images": 0}
+    with _StopRequest() as stop:
+        while not done():
+            epoch = int(state["epoch"].numpy())
+            skip = int(state["batch_in_epoch"].numpy())
+            dataset = data.train_epoch(epoch).skip(skip)
+            if strategy.num_replicas_in_sync > 1:
+                dataset = strategy.experimental_distribute_dataset(dataset)
+            batches_this_epoch = skip
+            for images, labels, weights in dataset:
+                out = train_step(images, labels, weights)
+                loss = float(out["loss"])
+                state["step"].assign_add(1)
+                state["batch_in_epoch"].assign_add(1)
+                batches_this_epoch += 1
+                step = int(state["step"].numpy())
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss} at update {step} (epoch {epoch}, batch "
+                        f"{batches_this_epoch - 1}); last good checkpoint: "
+                        f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}. Lower "
+                        "--lr_head/--lr_backbone, check the data and class weights, or use "
+                        "--precision=float32; rerunning resumes from that checkpoint")
+                interval["loss"] += loss
+                interval["grad_norm"] += float(out["grad_norm"])
+                interval["n"] += 1
+                interval["images"] += config.batch_size
+                if step % config.log_every == 0 or step == config.max_updates:
+                    _log_interval(writer, interval, step, config, lr_head, lr_backbone,
+                                  epoch, data.images_per_epoch, batches_this_epoch)
+                    interval.update(loss=0.0, grad_norm=0.0, n=0, images=0,
+                                    start=time.time())
+                validated = False
+                if step % config.validate_every == 0:
+                    validate()
+                    validated = True
+                if step % config.checkpoint_every == 0 or validated:
+                    save("periodic")
+                if stop.signal_name:
+                    path = save(stop.signal_name)
+                    raise TrainingInterrupted(stop.signal_name, step, path)
+                if done():
+                    break
+            else:
+                if batches_this_epoch == 0:
+                    raise ValueError(
+                        f"the training data gave no batch of {config.batch_size} images in "
+                        f"epoch {epoch}: use a smaller --batch_size or more data")
+                state["epoch"].assign_add(1)
+                state["batch_in_epoch"].assign(0)
+        step = int(state["step"].numpy())
+        if int(state["last_validated"].numpy()) != step:
+            validate()
+        if manager.latest_checkpoint != os.path.join(manager.directory, f"ckpt-{step}"):
+            save("final")
+    reason = "early_stopping" if bool(state["stopped_early"].numpy()) else "max_updates"
+    payload = _result_payload(state, best_scores, class_names, True, reason)
+    write_json_atomic(result_path, payload)
+    writer.close()
+    logging.info("Finished (%s) after %d updates: best ABAW %.4f at update %d", reason, step,
+                 payload.get("val_abaw_score", float("nan")), payload["best_step"])
+    return payload
+
+
+def _log_interval(writer, interval, step, config, lr_head, lr_backbone, epoch,
+                  images_per_epoch, batches_this_epoch):
+    elapsed = max(time.time() - interval["start"], 1e-9)
+    n = max(interval["n"], 1)
+    loss = interval["loss"] / n
+    grad_norm = interval["grad_norm"] / n
+    images_per_second = interval["images"] / elapsed
+    eta = (config.max_updates - step) * config.batch_size / max(images_per_second, 1e-9)
+    epoch_fraction = ""
+    if images_per_epoch:
+        epoch_fraction = f" ({epoch + batches_this_epoch * config.batch_size / images_per_epoch:.2f} epochs)"
+    logging.info("update %d/%d%s loss %.4f lr head %.2g backbone %.2g grad_norm %.3g "
+                 "%.1f images/s ETA %s", step, config.max_updates, epoch_fraction, loss,
+                 lr_head, lr_backbone, grad_norm, images_per_second, _format_eta(eta))
+    with writer.as_default():
+        summary_scalar("train/loss", loss, step)
+        summary_scalar("train/learning_rate_head", lr_head, step)
+        summary_scalar("train/learning_rate_backbone", lr_backbone, step)
+        summary_scalar("train/images_per_second", images_per_second, step)
+        summary_scalar("train/grad_norm", grad_norm, step)
+
+
+def _format_eta(seconds):
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
