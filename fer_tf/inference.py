@@ -1,0 +1,195 @@
+"""Load a trained expression classifier from any of the forms training and export write.
+
+`load_classifier(path)` accepts
+
+- a training workdir (holds ``best_model.keras``, written by fer_tf.training);
+- a ``.keras`` model file;
+- an exported SavedModel directory (holds ``saved_model.pb``, written by
+  fer_tf.export), or a TF-Serving base directory whose numbered version folders
+  hold one (the highest version is used),
+
+and returns a `Classifier` with one method, `predict_probabilities(images)`, that
+takes uint8 RGB images [B, H, W, 3] and returns the 7 class probabilities [B, 7].
+Both model forms resize and normalise inside their graphs, so callers only have to
+supply face crops of the size training decoded them at (`Classifier.input_size`).
+"""
+
+import json
+import os
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from fer_tf.classes import CLASS_NAMES
+
+# Side of the uint8 crops the training pipeline decodes (fer_tf.training.TrainConfig
+# image_size default, the size of Aff-Wild2's crops). The model resizes to its own
+# input size in-graph; giving it crops of this size repeats training's two resizes.
+DEFAULT_INPUT_SIZE = 112
+
+_BEST_MODEL = "best_model.keras"
+_SAVED_MODEL_PB = "saved_model.pb"
+# Files in a training workdir that may record the decode size (first one found wins).
+_CONFIG_FILES = ("config.json", "train_config.json", "result.json")
+_SAVED_MODEL_SIGNATURE = "predict_images"
+
+
+class Classifier:
+    """A loaded model: uint8 RGB images in, class probabilities out, in batches.
+
+    Attributes:
+      input_size: side (pixels) of the square face crops to feed, the size the
+        training pipeline decoded images at.
+      class_names: the label space of the outputs.
+      path: the file or directory the model was loaded from.
+      kind: "keras" or "saved_model".
+    """
+
+    def __init__(self, probabilities_fn: Callable, input_size: int, path: str, kind: str,
+                 batch_size: int = 32, class_names=CLASS_NAMES):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self._fn = probabilities_fn
+        self.input_size = int(input_size)
+        self.path = path
+        self.kind = kind
+        self.batch_size = int(batch_size)
+        self.class_names = tuple(class_names)
+
+    def predict_probabilities(self, images) -> np.ndarray:
+        """Class probabilities of a batch of images.
+
+        Args:
+          images: uint8 RGB [B, H, W, 3] (numpy or tensor); any H, W (the model
+            resizes), ideally `input_size` square face crops.
+
+        Returns:
+          float32 [B, num_classes]; rows sum to 1. Runs in chunks of `batch_size`.
+
+        Raises:
+          ValueError: not a uint8 [B, H, W, 3] array.
+        """
+        if isinstance(images, tf.Tensor):
+            images = images.numpy()
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"expected uint8 RGB images [B, H, W, 3], got dtype {images.dtype} shape {images.shape}")
+        if images.shape[0] == 0:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        chunks = []
+        for start in range(0, images.shape[0], self.batch_size):
+            chunk = tf.constant(images[start:start + self.batch_size])
+            chunks.append(np.asarray(self._fn(chunk), np.float32))
+        return np.concatenate(chunks)
+
+    def __repr__(self):
+        return f"Classifier(kind={self.kind!r}, path={self.path!r}, input_size={self.input_size})"
+
+
+def _keras_fn(path: str) -> Callable:
+    from fer_tf import model as model_lib  # pylint: disable=import-outside-toplevel
+
+    model = model_lib.load_expression_model(path)
+
+    # One trace for every batch and crop size: the signature is fully dynamic.
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    def probabilities(images):
+        logits = model(tf.cast(images, tf.float32), training=False)
+        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+
+    return probabilities
+
+
+def _saved_model_fn(path: str) -> Callable:
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures.get(_SAVED_MODEL_SIGNATURE)
+    if signature is None:
+        raise ValueError(
+            f"SavedModel {path} has no {_SAVED_MODEL_SIGNATURE!r} signature (found "
+            f"{sorted(loaded.signatures)}); export it with `python -m fer_tf.export`")
+    outputs = signature.structured_outputs
+    if "probabilities" not in outputs:
+        raise ValueError(f"SavedModel {path}: signature {_SAVED_MODEL_SIGNATURE!r} has no "
+                         f"'probabilities' output (outputs: {sorted(outputs)})")
+
+    def probabilities(images):
+        return signature(images=images)["probabilities"]
+
+    # The signature's variables live in `loaded`: keep it alive as long as the function.
+    probabilities.loaded = loaded
+    return probabilities
+
+
+def _saved_model_dir(path: str) -> Optional[str]:
+    """The SavedModel directory in `path` (itself or its highest numbered version)."""
+    if os.path.isfile(os.path.join(path, _SAVED_MODEL_PB)):
+        return path
+    versions = [d for d in os.listdir(path)
+                if d.isdigit() and os.path.isfile(os.path.join(path, d, _SAVED_MODEL_PB))]
+    if versions:
+        return os.path.join(path, max(versions, key=int))
+    return None
+
+
+def workdir_input_size(workdir: str) -> Optional[int]:
+    """The image_size a training workdir records, if any of its JSON files has one."""
+    for name in _CONFIG_FILES:
+        file = os.path.join(workdir, name)
+        if not os.path.isfile(file):
+            continue
+        try:
+            with open(file) as f:
+                payload = json.load(f)
+        except (OSError, ValueError):
+            continue
+        for candidate in (payload, payload.get("config", {}) if isinstance(payload, dict) else {}):
+            if isinstance(candidate, dict) and isinstance(candidate.get("image_size"), int):
+                return candidate["image_size"]
+    return None
+
+
+def load_classifier(path, batch_size: int = 32, input_size: Optional[int] = None) -> Classifier:
+    """Loads a classifier from a training workdir, a .keras file or a SavedModel.
+
+    Args:
+      path: training workdir (with best_model.keras), .keras file, SavedModel
+        directory, or a TF-Serving base directory with numbered versions.
+      batch_size: images per model call in `predict_probabilities`.
+      input_size: crop side to feed; None takes it from the workdir's config when
+        recorded, else `DEFAULT_INPUT_SIZE` (112, training's default).
+
+    Returns:
+      A `Classifier`.
+
+    Raises:
+      FileNotFoundError: nothing loadable at `path` (the message lists what was
+        looked for).
+      ValueError: a SavedModel without the expected signature.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"model {path!r} not found: expected a training workdir, a .keras file or an "
+            "exported SavedModel directory")
+    size = input_size
+    if os.path.isfile(path):
+        if not path.endswith(".keras"):
+            raise ValueError(f"model file {path!r} is not a .keras file; pass a .keras file, a "
+                             "training workdir or a SavedModel directory")
+        fn, kind = _keras_fn(path), "keras"
+    else:
+        saved = _saved_model_dir(path)
+        if saved is not None:
+            fn, kind, path = _saved_model_fn(saved), "saved_model", saved
+        elif os.path.isfile(os.path.join(path, _BEST_MODEL)):
+            if size is None:
+                size = workdir_input_size(path)
+            fn, kind, path = _keras_fn(os.path.join(path, _BEST_MODEL)), "keras", os.path.join(path, _BEST_MODEL)
+        else:
+            raise FileNotFoundError(
+                f"{path!r} holds neither {_BEST_MODEL} (a training workdir) nor {_SAVED_MODEL_PB} "
+                "(an exported SavedModel, possibly in a numbered version folder); train with "
+                "`python -m fer_tf.train` or export with `python -m fer_tf.export` first")
+    return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size)
