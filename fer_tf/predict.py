@@ -1,0 +1,466 @@
+"""Predict expressions in photos, folders and videos: detect faces, crop, classify.
+
+    python -m fer_tf.predict --model=WORKDIR|MODEL.keras|SAVED_MODEL_DIR \\
+        --input=IMAGE|FOLDER|VIDEO [--output=predictions.csv] [--faces=detect|none] \\
+        [--smooth_window=K] [--abaw_submission_dir=DIR] [--annotated_video=OUT.mp4] \\
+        [--batch_size=32]
+
+Every face of every frame is found with MTCNN (`fer_tf.faces.FaceDetector`; weights
+ship in the mtcnn wheel, nothing is downloaded), cropped square with the training
+crops' margin, and classified in batches. ``--faces=none`` treats each image/frame
+as one face crop (e.g. Aff-Wild2's cropped_aligned images).
+
+Output CSV (`CSV_COLUMNS`), one row per face per frame (photos are frame 0, time 0):
+``source, frame, timestamp_s, face, x, y, w, h, detection_score, p_Neutral ..
+p_Surprise, label, smoothed_label``. ``face`` numbers the faces of a frame in reading
+order; the box is the detector's (before the crop margin); ``label`` is the argmax
+class name. ``smoothed_label`` (videos only) is set on the largest face of each frame:
+the label of the largest-face track after frames without a face are filled from
+their neighbours and probabilities are averaged over ``--smooth_window`` frames (with
+the default window 1 it equals ``label``). Frames without a face have no row.
+
+Videos are decoded as a stream (`fer_tf.video.iter_video_frames`), so memory does not
+grow with the video's length (only the small per-frame probabilities are kept).
+``--abaw_submission_dir`` writes ``<video name>.txt`` per video in the ABAW test
+format: the header and one label per decoded frame, frames without a face filled
+from their neighbours, from the largest face of each frame (ABAW scores one subject
+per file; split two-person videos into _left/_right crops to score both).
+``--annotated_video`` re-reads the (single) input video and draws every box with its
+label (the smoothed one on the largest face).
+
+Bad input: a single unreadable image or video raises an error naming it; in a
+folder, unreadable files are logged, counted and skipped. Frames without a face are
+normal.
+"""
+
+import csv
+import dataclasses
+import io
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+from absl import app, flags, logging
+
+from fer_tf import faces as faces_lib
+from fer_tf import inference, submission, temporal, video as video_lib
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+FACE_MODES = ("detect", "none")
+# Crop margin per side, as the training crops (fer_tf.faces, ExpW reader).
+DEFAULT_MARGIN = 0.2
+
+
+def csv_columns(class_names: Sequence[str]) -> List[str]:
+    """The prediction CSV's header for a label space."""
+    return (["source", "frame", "timestamp_s", "face", "x", "y", "w", "h", "detection_score"]
+            + [f"p_{name}" for name in class_names] + ["label", "smoothed_label"])
+
+
+@dataclasses.dataclass
+class FaceRow:
+    """One face in one frame (or photo) and its class probabilities."""
+
+    source: str
+    frame: int
+    timestamp: float
+    face: int
+    box: faces_lib.Box
+    probabilities: np.ndarray
+    smoothed_label: Optional[int] = None
+
+    @property
+    def label(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+
+@dataclasses.dataclass
+class VideoPrediction:
+    """What `predict_video` found: rows and the per-frame labels of the largest face."""
+
+    rows: List[FaceRow]
+    num_frames: int
+    fps: float
+    frame_labels: np.ndarray  # [num_frames] filled + smoothed labels (every frame)
+    frames_with_face: int
+
+
+class FacePredictor:
+    """Detects (or takes whole images as) faces, crops them and classifies them in batches.
+
+    Args:
+      classifier: a `fer_tf.inference.Classifier`.
+      detector: a `fer_tf.faces.FaceDetector`, or None: every image is one face crop.
+      margin: crop enlargement per side (fraction of the box).
+    """
+
+    def __init__(self, classifier, detector=None, margin: float = DEFAULT_MARGIN):
+        self.classifier = classifier
+        self.detector = detector
+        self.margin = margin
+
+    def _whole_image_crop(self, image: np.ndarray) -> np.ndarray:
+        size = self.classifier.input_size
+        if image.shape[:2] == (size, size):
+            return image
+        # Same resize as the training pipeline's decode (bilinear, antialiased).
+        from fer_tf.data import pipeline  # pylint: disable=import-outside-toplevel
+        return pipeline.resize_uint8(image, size).numpy()
+
+    def predict_frames(self, images: Sequence[np.ndarray]):
+        """Faces and probabilities of a batch of RGB images (frames or photos).
+
+        Args:
+          images: uint8 RGB [H, W, 3] images (sizes may differ).
+
+        Returns:
+          per image, a list of (Box, probabilities float32 [C]) in reading order.
+        """
+        if self.detector is None:
+            boxes = [[faces_lib.Box(0, 0, image.shape[1], image.shape[0], 1.0)] for image in images]
+            crops = [self._whole_image_crop(image)[None] for image in images]
+        else:
+            boxes = self.detector.detect_batch(list(images))
+            crops = [faces_lib.crop_faces(image, b, self.margin, self.classifier.input_size)
+                     for image, b in zip(images, boxes) if b]
+        if crops:
+            probs = self.classifier.predict_probabilities(np.concatenate(crops))
+        out, k = [], 0
+        for image_boxes in boxes:
+            out.append([(box, probs[k + i]) for i, box in enumerate(image_boxes)])
+            k += len(image_boxes)
+        return out
+
+
+def _largest(faces) -> int:
+    """Index of the largest face (box area); ties go to the first in reading order."""
+    return int(np.argmax([box.w * box.h for box, _ in faces]))
+
+
+class _Progress:
+    """tqdm bar with frames/s when tqdm is installed, else an absl log line every 10 s."""
+
+    def __init__(self, total: Optional[int], description: str, enabled: bool = True):
+        self.total, self.description, self.done = total, description, 0
+        self.start = self.last_log = time.time()
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+                self.bar = tqdm(total=total or None, desc=description, unit="frame", file=sys.stderr,
+                                dynamic_ncols=True)
+            except ImportError:
+                pass
+        self.enabled = enabled
+
+    def update(self, n: int):
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and time.time() - self.last_log > 10:
+            self.last_log = time.time()
+            logging.info("%s: %d/%s frames, %.1f frames/s", self.description, self.done,
+                         self.total or "?", self.done / (self.last_log - self.start))
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.time() - self.start, 1e-9)
+
+
+def predict_video(predictor: FacePredictor, path, batch_size: int = 32, smooth_window: int = 1,
+                  progress: bool = True) -> VideoPrediction:
+    """Streams a video through detection and classification.
+
+    Args:
+      predictor: a `FacePredictor`.
+      path: video file.
+      batch_size: frames decoded, detected and classified together.
+      smooth_window: odd window (frames) for the largest-face track's smoothing.
+      progress: show a progress bar / log lines with frames/s.
+
+    Returns:
+      A `VideoPrediction`; rows of the largest face carry `smoothed_label`.
+
+    Raises:
+      FileNotFoundError / ValueError: missing, unreadable or undecodable video
+        (the message names it).
+    """
+    source = os.fspath(path)
+    info = video_lib.video_info(source)
+    frames_iter = video_lib.iter_video_frames(source, batch_size)
+    rows, track, present, largest_row = [], [], [], []
+    bar = _Progress(info.frame_count, os.path.basename(source), progress)
+    try:
+        for indices, timestamps, frames in frames_iter:
+            for index, stamp, faces in zip(indices, timestamps, predictor.predict_frames(frames)):
+                for k, (box, probs) in enumerate(faces):
+                    rows.append(FaceRow(source, int(index), float(stamp), k, box, probs))
+                if faces:
+                    best = _largest(faces)
+                    track.append(faces[best][1])
+                    largest_row.append(len(rows) - len(faces) + best)
+                else:
+                    track.append(np.full(len(predictor.classifier.class_names), np.nan, np.float32))
+                    largest_row.append(-1)
+                present.append(bool(faces))
+            bar.update(len(indices))
+    finally:
+        bar.close()
+    logging.info("%s: %d frames, %d with a face, %d faces, %.1f frames/s", source, len(track),
+                 sum(present), len(rows), bar.rate)
+    smoothed = temporal.smooth_video_predictions(np.stack(track), present, smooth_window)
+    labels = np.argmax(smoothed, axis=1).astype(np.int64)
+    for frame, row in enumerate(largest_row):
+        if row >= 0:
+            rows[row].smoothed_label = int(labels[frame])
+    return VideoPrediction(rows, len(track), info.fps, labels, int(sum(present)))
+
+
+def predict_images(predictor: FacePredictor, paths: Sequence, batch_size: int = 32,
+                   skip_errors: bool = False):
+    """Faces and probabilities of photos, classified in batches.
+
+    Args:
+      predictor: a `FacePredictor`.
+      paths: image files.
+      batch_size: images detected and classified together.
+      skip_errors: log and skip unreadable files (folder mode) instead of raising.
+
+    Returns:
+      (rows, failed): `FaceRow`s (frame 0, time 0) and a list of (path, reason).
+    """
+    rows, failed = [], []
+    for start in range(0, len(paths), batch_size):
+        batch_paths, images = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                images.append(faces_lib.read_image_rgb(path))
+                batch_paths.append(os.fspath(path))
+            except (ValueError, FileNotFoundError) as error:
+                if not skip_errors:
+                    raise
+                logging.warning("skipping %s", error)
+                failed.append((os.fspath(path), str(error)))
+        if images:
+            for path, faces in zip(batch_paths, predictor.predict_frames(images)):
+                rows += [FaceRow(path, 0, 0.0, k, box, probs) for k, (box, probs) in enumerate(faces)]
+    return rows, failed
+
+
+def rows_to_csv(rows: Sequence[FaceRow], class_names: Sequence[str]) -> str:
+    """CSV text (header + one line per face) of prediction rows."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(csv_columns(class_names))
+    for r in rows:
+        writer.writerow(
+            [r.source, r.frame, f"{r.timestamp:.6f}", r.face, r.box.x, r.box.y, r.box.w, r.box.h,
+             f"{r.box.score:.4f}"] + [f"{p:.6f}" for p in r.probabilities]
+            + [class_names[r.label], "" if r.smoothed_label is None else class_names[r.smoothed_label]])
+    return out.getvalue()
+
+
+def write_text_atomic(path, text: str) -> pathlib.Path:
+    """Writes text via a temporary file in the same folder and os.replace."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_annotated_video(path, video_path, prediction: VideoPrediction, class_names,
+                          smooth_window: int = 1) -> pathlib.Path:
+    """Re-reads the video and writes it with every face's box and label drawn.
+
+    The largest face shows the smoothed label when smooth_window > 1, others the raw one.
+    """
+    by_frame = {}
+    for row in prediction.rows:
+        by_frame.setdefault(row.frame, []).append(row)
+    writer = None
+    try:
+        for indices, _, frames in video_lib.iter_video_frames(video_path, 32):
+            for index, frame in zip(indices, frames):
+                if writer is None:
+                    writer = video_lib.AnnotatedVideoWriter(path, prediction.fps, frame.shape[1],
+                                                            frame.shape[0])
+                rows = by_frame.get(int(index), [])
+                labels = []
+                for r in rows:
+                    if smooth_window > 1 and r.smoothed_label is not None:
+                        labels.append(f"{class_names[r.smoothed_label]} (K={smooth_window})")
+                    else:
+                        labels.append(f"{class_names[r.label]} {r.probabilities[r.label]:.2f}")
+                writer.write(frame, [r.box for r in rows], labels)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return writer.close()
+
+
+def list_inputs(input_path):
+    """(images, videos) under a file or folder (recursive, sorted by path).
+
+    Raises:
+      FileNotFoundError: no such file or folder.
+      ValueError: a file of unknown type, or a folder without images or videos.
+    """
+    input_path = pathlib.Path(input_path)
+    if not input_path.exists():
+        raise FileNotFoundError(f"input {input_path} not found (expected an image, a video or a folder)")
+    if input_path.is_file():
+        files = [input_path]
+    else:
+        files = sorted(p for p in input_path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_EXTENSIONS]
+    if input_path.is_file() and not (images or videos):
+        raise ValueError(f"{input_path}: unknown file type {input_path.suffix!r}; expected an image "
+                         f"{IMAGE_EXTENSIONS} or a video {VIDEO_EXTENSIONS}")
+    if not (images or videos):
+        raise ValueError(f"folder {input_path} holds no image {IMAGE_EXTENSIONS} or video "
+                         f"{VIDEO_EXTENSIONS} files")
+    ignored = len(files) - len(images) - len(videos)
+    if ignored:
+        logging.info("%s: ignoring %d files that are neither images nor videos", input_path, ignored)
+    return images, videos
+
+
+def predict(model, input_path, output: Optional[str] = None, faces: str = "detect",
+            smooth_window: int = 1, abaw_submission_dir: Optional[str] = None,
+            annotated_video: Optional[str] = None, batch_size: int = 32,
+            margin: float = DEFAULT_MARGIN, min_face_size: int = 20, progress: bool = True,
+            classifier=None, detector=None) -> dict:
+    """Runs prediction on an image, a video or a folder and writes the requested outputs.
+
+    Args:
+      model: training workdir, .keras file or SavedModel directory (ignored when
+        `classifier` is given).
+      input_path: image, video or folder (searched recursively).
+      output: CSV file to write (atomically); None: no CSV.
+      faces: "detect" (MTCNN) or "none" (inputs are face crops).
+      smooth_window: odd window in frames for the videos' largest-face track.
+      abaw_submission_dir: write one ABAW file per video here.
+      annotated_video: write the input video (a single video only) with boxes and labels.
+      batch_size: frames/images per batch (detection and classification).
+      margin: crop enlargement per side.
+      min_face_size: smallest face side searched for, in pixels.
+      progress: progress bar / log lines for videos.
+      classifier, detector: already loaded objects to reuse (optional).
+
+    Returns:
+      dict(rows, num_images, num_videos, num_faces, failed (list of (path, reason)),
+      videos {path: VideoPrediction}, outputs (list of files written)).
+
+    Raises:
+      ValueError / FileNotFoundError: bad arguments, or an unreadable single input.
+    """
+    if faces not in FACE_MODES:
+        raise ValueError(f"faces must be one of {FACE_MODES}, got {faces!r}")
+    if isinstance(smooth_window, bool) or int(smooth_window) < 1 or int(smooth_window) % 2 == 0:
+        raise ValueError(f"smooth_window must be a positive odd number of frames, got {smooth_window!r}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    images, videos = list_inputs(input_path)
+    single = os.path.isfile(input_path)
+    if annotated_video and not (single and videos):
+        raise ValueError(f"--annotated_video needs a single video as input, got {input_path}")
+    if classifier is None:
+        classifier = inference.load_classifier(model, batch_size=batch_size)
+    if detector is None and faces == "detect":
+        detector = faces_lib.FaceDetector(min_face_size=min_face_size)
+    predictor = FacePredictor(classifier, detector if faces == "detect" else None, margin)
+    names = classifier.class_names
+
+    rows, failed = predict_images(predictor, images, batch_size, skip_errors=not single)
+    images_read = len(images) - len(failed)
+    results, outputs = {}, []
+    for path in videos:
+        try:
+            result = predict_video(predictor, path, batch_size, smooth_window, progress)
+        except (ValueError, FileNotFoundError, cv2.error) as error:
+            if single:
+                raise
+            logging.warning("skipping video %s: %s", path, error)
+            failed.append((os.fspath(path), str(error)))
+            continue
+        results[os.fspath(path)] = result
+        rows += result.rows
+        if abaw_submission_dir:
+            outputs.append(submission.write_abaw_submission(
+                pathlib.Path(abaw_submission_dir) / f"{path.stem}.txt", result.frame_labels, names))
+        if annotated_video:
+            outputs.append(write_annotated_video(annotated_video, path, result, names, smooth_window))
+    if abaw_submission_dir and not videos:
+        logging.warning("--abaw_submission_dir is for videos; %s has none, nothing written", input_path)
+    if failed:
+        logging.warning("%d of %d inputs could not be read and were skipped: %s", len(failed),
+                        len(images) + len(videos), ", ".join(p for p, _ in failed[:10]))
+    if output:
+        outputs.append(write_text_atomic(output, rows_to_csv(rows, names)))
+    return {
+        "rows": rows,
+        "class_names": names,
+        "num_images": images_read,
+        "num_videos": len(results),
+        "num_faces": len(rows),
+        "failed": failed,
+        "videos": results,
+        "outputs": [os.fspath(p) for p in outputs],
+    }
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+    flags.DEFINE_string("model", None, "Training workdir, .keras file or exported SavedModel dir.")
+    flags.DEFINE_string("input", None, "Image, video or folder (searched recursively).")
+    flags.DEFINE_string("output", None, "CSV file to write; default: CSV on standard output.")
+    flags.DEFINE_enum("faces", "detect", FACE_MODES, "detect: find faces with MTCNN; none: inputs "
+                      "are face crops already.")
+    flags.DEFINE_integer("smooth_window", 1, "Odd window (frames) to average the largest face's "
+                         "probabilities over in videos; 1 = none.")
+    flags.DEFINE_string("abaw_submission_dir", None, "Write one ABAW test-format file per video here.")
+    flags.DEFINE_string("annotated_video", None, "Write the input video with boxes and labels (mp4).")
+    flags.DEFINE_integer("batch_size", 32, "Frames / images per batch.")
+    flags.DEFINE_float("margin", DEFAULT_MARGIN, "Crop enlargement per side, fraction of the box.")
+    flags.DEFINE_integer("min_face_size", 20, "Smallest face side (pixels) searched for.")
+    flags.mark_flags_as_required(["model", "input"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    summary = predict(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.faces, FLAGS.smooth_window,
+                      FLAGS.abaw_submission_dir, FLAGS.annotated_video, FLAGS.batch_size,
+                      FLAGS.margin, FLAGS.min_face_size)
+    if not FLAGS.output:
+        sys.stdout.write(rows_to_csv(summary["rows"], summary["class_names"]))
+    logging.info("%d images, %d videos, %d faces, %d inputs skipped; wrote %s", summary["num_images"],
+                 summary["num_videos"], summary["num_faces"], len(summary["failed"]),
+                 summary["outputs"] or "nothing")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
