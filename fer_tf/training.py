@@ -37,7 +37,7 @@ from fer_tf.classes import CLASS_NAMES
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTIONS = ("none", "mirrored")
-BACKBONES = ("senet50", "tiny")
+BACKBONES = ("senet50", "small", "tiny")  # fer_tf.model.BACKBONES
 RESULT_FILE = "result.json"
 BEST_MODEL_FILE = "best_model.keras"
 CHECKPOINT_DIR = "checkpoints"
@@ -52,9 +52,12 @@ class TrainConfig:
         "fer2013", "image_folder", "demo", ...).
       data_dir: root of the dataset (for "demo": created there if absent).
       train_split / val_split: split names passed to `load_source`.
+      val_dataset / val_data_dir: validation source when it differs from the training
+        one ("" = same), e.g. Aff-Wild2 alone when training on Aff-Wild2 + ExpW.
       image_size: side of the uint8 images the input pipeline produces (the model
         resizes to its own input size in-graph).
-      backbone: "senet50" (the paper) or "tiny" (a small SE-ResNet for demos/tests).
+      backbone: "senet50" (the paper), "small" or "tiny" (small SE-ResNets for CPU
+        demos and tests; see fer_tf.model.BACKBONES).
       backbone_weights: converted VGGFace2 weights (``.weights.h5``); required unless
         ``random_init``.
       random_init: train the backbone from random initialisation.
@@ -84,6 +87,8 @@ class TrainConfig:
     data_dir: str = ""
     train_split: str = "train"
     val_split: str = "validation"
+    val_dataset: str = ""
+    val_data_dir: str = ""
     image_size: int = 112
     backbone: str = "senet50"
     backbone_weights: str = ""
@@ -457,6 +462,7 @@ class TrainingInterrupted(Exception):
     def __init__(self, signal_name: str, step: int, checkpoint: str):
         super().__init__(f"{signal_name} at update {step}: checkpoint {checkpoint} written; "
                          "rerun the same command to resume")
+        self.signal_name = signal_name
         self.step = step
         self.checkpoint = checkpoint
 
@@ -470,15 +476,15 @@ class LoopData:
     """What the loop needs from the input pipeline.
 
     Attributes:
-      train_epoch: ``epoch -> tf.data.Dataset`` of global batches ``(uint8 images,
-        int32 labels, float32 weights)`` for that epoch, finite, the same order every
-        time it is called with the same epoch (the resume relies on it: the loop skips
-        the batches of the epoch already used).
+      train_epoch: ``(epoch, skip_batches) -> tf.data.Dataset`` of global batches
+        ``(uint8 images, int32 labels, float32 weights)`` of that epoch without its first
+        ``skip_batches`` batches; finite, all of the same size, and in the same order
+        every time it is called with the same epoch (the resume relies on it).
       validation: ``() -> tf.data.Dataset`` of ``(images, labels, ...)`` batches.
       images_per_epoch: for the log's epoch fraction (optional).
     """
 
-    train_epoch: Callable[[int], tf.data.Dataset]
+    train_epoch: Callable[[int, int], tf.data.Dataset]
     validation: Callable[[], tf.data.Dataset]
     images_per_epoch: int = 0
 
@@ -620,7 +626,7 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
         while not done():
             epoch = int(state["epoch"].numpy())
             skip = int(state["batch_in_epoch"].numpy())
-            dataset = data.train_epoch(epoch).skip(skip)
+            dataset = data.train_epoch(epoch, skip)
             if strategy.num_replicas_in_sync > 1:
                 dataset = strategy.experimental_distribute_dataset(dataset)
             batches_this_epoch = skip
@@ -647,12 +653,15 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
                                   epoch, data.images_per_epoch, batches_this_epoch)
                     interval.update(loss=0.0, grad_norm=0.0, n=0, images=0,
                                     start=time.time())
+                paused = time.time()
                 validated = False
                 if step % config.validate_every == 0:
                     validate()
                     validated = True
                 if step % config.checkpoint_every == 0 or validated:
                     save("periodic")
+                # images/s measures training only, not validation or checkpointing.
+                interval["start"] += time.time() - paused
                 if stop.signal_name:
                     path = save(stop.signal_name)
                     raise TrainingInterrupted(stop.signal_name, step, path)
@@ -705,3 +714,119 @@ def _format_eta(seconds):
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+# ---------------------------------------------------------------------------------------
+# From a config: data, model, strategy.
+
+
+def resolve_class_weights(config: TrainConfig, class_counts) -> Optional[np.ndarray]:
+    """The per-class loss weights of a config (None: unweighted)."""
+    from fer_tf.data import class_weights as class_weights_lib
+
+    parsed = parse_class_weights(config.class_weights, config.num_classes)
+    if parsed is None:
+        return None
+    if isinstance(parsed, str):  # "auto": the paper's max_count / count_c
+        return class_weights_lib.paper_class_weights(
+            np.asarray(class_counts)[: config.num_classes], CLASS_NAMES)
+    return parsed
+
+
+def make_loop_data(config: TrainConfig) -> LoopData:
+    """Reads the splits and builds the input pipelines of a config.
+
+    For ``dataset="demo"`` the synthetic demo data is written to ``data_dir`` first
+    if it is not there yet.
+    """
+    from fer_tf.data import pipeline, sources
+
+    if config.dataset == "demo":
+        from fer_tf.data import demo
+        demo.write_demo_dataset(config.data_dir)
+    train_source = sources.load_source(config.dataset, config.data_dir, config.train_split)
+    val_source = sources.load_source(config.val_dataset or config.dataset,
+                                     config.val_data_dir or config.data_dir, config.val_split)
+    logging.info("train (%s/%s): %s", config.dataset, config.train_split, train_source.summary())
+    logging.info("validation (%s/%s): %s", config.val_dataset or config.dataset, config.val_split,
+                 val_source.summary())
+    if len(train_source) < config.batch_size:
+        raise ValueError(f"{len(train_source)} training images is fewer than one batch of "
+                         f"--batch_size={config.batch_size}")
+    if config.max_val_images and len(val_source) > config.max_val_images:
+        # A fixed random subset: the same images at every validation and on resume.
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(val_source))[
+            : config.max_val_images])
+        val_source = type(val_source)(
+            paths=[val_source.paths[i] for i in keep], labels=val_source.labels[keep],
+            class_names=val_source.class_names,
+            videos=[val_source.videos[i] for i in keep], frames=val_source.frames[keep])
+    weights = resolve_class_weights(config, train_source.class_counts())
+    if weights is not None:
+        logging.info("class weights: %s", ", ".join(
+            f"{n} {w:.3g}" for n, w in zip(CLASS_NAMES, weights)))
+
+    def train_epoch(epoch, skip):
+        # A different, reproducible order in each epoch.
+        return pipeline.make_dataset(
+            train_source, config.batch_size, image_size=config.image_size, shuffle=True,
+            seed=config.seed * 100_003 + epoch, repeat=False, class_weights=weights,
+            drop_remainder=True, skip_batches=skip)
+
+    def validation():
+        return pipeline.make_dataset(
+            val_source, config.eval_batch_size, image_size=config.image_size, shuffle=False,
+            repeat=False, drop_remainder=False)
+
+    return LoopData(train_epoch, validation, images_per_epoch=len(train_source))
+
+
+def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
+    """``tf.distribute.MirroredStrategy()`` for "mirrored", else the default strategy."""
+    if config.distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """The expression model of a config (call inside the strategy scope and policy)."""
+    from fer_tf import model as model_lib
+
+    return model_lib.build_expression_model(
+        backbone=config.backbone,
+        backbone_weights=None if config.random_init else config.backbone_weights,
+        num_classes=config.num_classes, augment=config.augment, seed=config.seed)
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str,
+                       data: Optional[LoopData] = None) -> Dict:
+    """Trains and validates a model as configured; resumes from ``workdir``'s checkpoint.
+
+    Args:
+      config: the run's settings (validated here first).
+      workdir: output directory (checkpoints, events, best_model.keras, result.json).
+      data: input pipelines (default: `make_loop_data(config)`).
+
+    Returns:
+      The result.json payload (best step, validation ABAW score, F1, accuracy,
+      per-class F1).
+    """
+    config.validate()
+    strategy = make_strategy(config)
+    config.validate(strategy.num_replicas_in_sync)
+    logging.info("fer_tf training: %s, %d replica(s), precision %s%s", config.backbone,
+                 strategy.num_replicas_in_sync, config.precision, ", XLA" if config.xla else "")
+    keras.utils.set_random_seed(config.seed)
+    data = data or make_loop_data(config)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        with strategy.scope():
+            model = build_model(config)
+            sgd = optim.PaperSGD(config.sgd_hparams(),
+                                 loss_scale=config.precision == "mixed_float16")
+        logging.info("model %s: %d trainable parameters", model.name,
+                     sum(int(np.prod(v.shape)) for v in model.trainable_variables))
+        return train_loop(model, sgd, data, config, workdir, strategy)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)

@@ -256,10 +256,10 @@ def _loop_data(n_train=40, n_val=24, batch=8, nan=False):
         x[:] = np.nan
     w = losses.class_weights_from_counts(np.bincount(y, minlength=CLASSES) + 1)[y]
 
-    def train_epoch(epoch):
+    def train_epoch(epoch, skip):
         ds = tf.data.Dataset.from_tensor_slices((x, y, w))
         return ds.shuffle(n_train, seed=epoch, reshuffle_each_iteration=False).batch(
-            batch, drop_remainder=True)
+            batch, drop_remainder=True).skip(skip)
 
     def validation():
         return tf.data.Dataset.from_tensor_slices((x[:n_val], y[:n_val])).batch(10)

@@ -1,0 +1,130 @@
+r"""Trains the expression model: ``python -m fer_tf.train --flagfile=configs/NAME.cfg``.
+
+Flags after ``--flagfile`` override the file, e.g.
+``python -m fer_tf.train --flagfile=configs/demo.cfg --workdir=/tmp/demo --max_updates=50``.
+Rerunning the same command resumes from the workdir's last checkpoint. The workdir
+receives ``flags.txt`` (``python -m fer_tf.train --flagfile=WORKDIR/flags.txt`` relaunches
+the run), checkpoints, TensorBoard events, ``best_model.keras`` and ``result.json``.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from fer_tf import training
+
+_DEFAULTS = training.TrainConfig()
+
+flags.DEFINE_string("workdir", "", "Output directory (checkpoints, events, best model, "
+                    "result.json); rerunning with the same workdir resumes.")
+flags.DEFINE_string("dataset", _DEFAULTS.dataset, "Dataset name for fer_tf.data.sources "
+                    "(affwild2, expw, fer2013, image_folder, demo, or merges like affwild2+expw).")
+flags.DEFINE_string("data_dir", _DEFAULTS.data_dir, "Dataset root (merges: comma list in the "
+                    "order of --dataset). For demo, written there if absent.")
+flags.DEFINE_string("train_split", _DEFAULTS.train_split, "Training split.")
+flags.DEFINE_string("val_split", _DEFAULTS.val_split, "Validation split.")
+flags.DEFINE_string("val_dataset", _DEFAULTS.val_dataset, "Validation dataset if it differs "
+                    "from --dataset (e.g. affwild2 when training on affwild2+expw).")
+flags.DEFINE_string("val_data_dir", _DEFAULTS.val_data_dir, "Root of --val_dataset ('' = "
+                    "--data_dir).")
+flags.DEFINE_integer("image_size", _DEFAULTS.image_size, "Side of the decoded uint8 images "
+                     "(the model resizes to its own input size in-graph).")
+flags.DEFINE_enum("backbone", _DEFAULTS.backbone, list(training.BACKBONES),
+                  "senet50 (the paper) or a small SE-ResNet for CPU demos.")
+flags.DEFINE_string("backbone_weights", _DEFAULTS.backbone_weights,
+                    "Converted VGGFace2 weights (.weights.h5 from `python -m weights_conversion "
+                    "--src senet50_ft_weight.pkl --dst senet50_ft.weights.h5`).")
+flags.DEFINE_bool("random_init", _DEFAULTS.random_init, "Train the backbone from random "
+                  "initialisation instead of --backbone_weights.")
+flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images per optimiser update (all "
+                     "replicas).")
+flags.DEFINE_integer("micro_batches", _DEFAULTS.micro_batches, "Accumulated micro-batches per "
+                     "update; BatchNorm sees batch_size/micro_batches images at a time.")
+flags.DEFINE_float("lr_head", _DEFAULTS.lr_head, "Learning rate of the new head.")
+flags.DEFINE_float("lr_backbone", _DEFAULTS.lr_backbone, "Learning rate of the backbone.")
+flags.DEFINE_float("momentum", _DEFAULTS.momentum, "SGD momentum (PyTorch semantics).")
+flags.DEFINE_float("weight_decay", _DEFAULTS.weight_decay, "Coupled L2 (PyTorch SGD "
+                   "weight_decay) added to the gradients.")
+flags.DEFINE_string("class_weights", _DEFAULTS.class_weights, "auto (max_count/count_c of the "
+                    "training labels), none, or one comma-separated weight per class.")
+flags.DEFINE_integer("validate_every", _DEFAULTS.validate_every, "Updates between validations.")
+flags.DEFINE_integer("checkpoint_every", _DEFAULTS.checkpoint_every, "Updates between "
+                     "checkpoints.")
+flags.DEFINE_integer("max_updates", _DEFAULTS.max_updates, "Stop after this many updates.")
+flags.DEFINE_integer("patience", _DEFAULTS.patience, "Stop after this many validations "
+                     "without improvement (0: never).")
+flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random flip + ColorJitter (paper's values).")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialisation, shuffling, augmentation.")
+flags.DEFINE_enum("precision", _DEFAULTS.precision, list(training.PRECISIONS),
+                  "Keras dtype policy; mixed_float16 adds loss scaling.")
+flags.DEFINE_bool("xla", _DEFAULTS.xla, "XLA-compile the train step (single device only).")
+flags.DEFINE_enum("distribute", _DEFAULTS.distribute, list(training.DISTRIBUTIONS),
+                  "mirrored: tf.distribute.MirroredStrategy over all visible GPUs.")
+flags.DEFINE_integer("log_every", _DEFAULTS.log_every, "Updates between log lines.")
+flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Validation batch size.")
+flags.DEFINE_integer("max_val_images", _DEFAULTS.max_val_images, "Validate on a fixed random "
+                     "subset of this many images (0: all).")
+
+FLAGS = flags.FLAGS
+CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(training.TrainConfig)
+                     if f.name != "num_classes" and f.name != "max_checkpoints")
+
+
+def config_from_flags() -> training.TrainConfig:
+    """The TrainConfig the parsed flags describe."""
+    return training.TrainConfig(**{name: FLAGS[name].value for name in CONFIG_FLAGS})
+
+
+def flagfile_text() -> str:
+    """A flagfile that relaunches this run (all of this module's flags, resolved)."""
+    lines = ["# Written by fer_tf.train. Relaunch (resumes from the last checkpoint):",
+             f"#   python -m fer_tf.train --flagfile={os.path.join(FLAGS.workdir, 'flags.txt')}"]
+    for name in ("workdir",) + CONFIG_FLAGS:
+        lines.append(FLAGS[name].serialize())
+    return "\n".join(lines) + "\n"
+
+
+def write_flagfile(workdir: str):
+    """Writes ``flags.txt`` into the workdir atomically."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "flags.txt")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(flagfile_text())
+    os.replace(tmp, path)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required (set it in the flagfile or on the command line)")
+    config = config_from_flags()
+    try:
+        config.validate()
+    except (ValueError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from e
+    write_flagfile(FLAGS.workdir)
+    try:
+        result = training.train_and_evaluate(config, FLAGS.workdir)
+    except training.TrainingInterrupted as e:
+        logging.warning("%s", e)
+        # The shell's convention: 128 + signal number.
+        sys.exit(130 if e.signal_name == "SIGINT" else 143)
+    except FloatingPointError as e:
+        logging.error("%s", e)
+        sys.exit(1)
+    print(f"best validation ABAW score {result.get('val_abaw_score', float('nan')):.4f} "
+          f"(macro F1 {result.get('val_f1', float('nan')):.4f}, accuracy "
+          f"{result.get('val_accuracy', float('nan')):.4f}) at update {result['best_step']}; "
+          f"details in {os.path.join(FLAGS.workdir, training.RESULT_FILE)}")
+    print(json.dumps(result.get("val_per_class_f1", {}), indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)
