@@ -1,0 +1,389 @@
+"""Export a trained expression model as a SavedModel for TF Serving.
+
+``python -m fer_tf.export --model=PATH --export_dir=DIR/1 [--overwrite]``
+
+PATH is a training workdir (its ``best_model.keras`` is used) or a ``.keras`` file.
+The SavedModel has two signatures, both returning ``probabilities`` float32 [B, 7],
+``class_index`` int32 [B] and ``class_name`` string [B] (`fer_tf.classes.CLASS_NAMES`):
+
+- ``serving_default``: ``image_bytes`` string [B], JPEG/PNG/BMP/GIF bytes of any size,
+  gray or colour. Each image is decoded to RGB and resized (bilinear) to the backbone's
+  input size inside the graph.
+- ``predict_images``: ``images`` uint8 [B, H, W, 3] RGB, any H and W.
+
+Decoding, resizing, RGB->BGR and VGGFace2 mean subtraction all happen inside the
+graph, so no client can preprocess differently from training. Loading the export
+needs TensorFlow only (no Keras, no fer_tf): ``tf.saved_model.load(DIR/1)``.
+
+TF Serving loads numbered version folders under ``--model_base_path``; the export is
+written to a hidden temporary folder beside ``export_dir`` and renamed into place, so
+a server watching the base path never sees a half-written version.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Callable, Dict, Optional, Sequence
+
+import tensorflow as tf
+from absl import logging
+
+from fer_tf import classes
+
+# Kept equal to fer_tf.training.BEST_MODEL_FILE (tests check it); not imported so that
+# exporting does not depend on the training stack.
+BEST_MODEL_FILE = "best_model.keras"
+
+SERVING_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "predict_images"
+BYTES_INPUT = "image_bytes"  # TF Serving's REST API treats "*_bytes" inputs as {"b64": ...}
+IMAGES_INPUT = "images"
+OUTPUT_KEYS = ("probabilities", "class_index", "class_name")
+
+# TF Serving ignores assets.extra/ except its warm-up file; our description lives there.
+METADATA_FILE = os.path.join("assets.extra", "fer_tf_export.json")
+
+
+def resolve_model_path(path) -> str:
+    """Finds the `.keras` file that PATH refers to.
+
+    Args:
+      path: a training workdir (containing ``best_model.keras``) or a ``.keras`` file.
+
+    Returns:
+      The path of the ``.keras`` file.
+
+    Raises:
+      FileNotFoundError: nothing usable at ``path``.
+      ValueError: ``path`` is already an exported SavedModel.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ValueError(
+                f"{path!r} is already an exported SavedModel; pass the training workdir or its "
+                f"{BEST_MODEL_FILE} to --model"
+            )
+        best = os.path.join(path, BEST_MODEL_FILE)
+        if not os.path.isfile(best):
+            raise FileNotFoundError(
+                f"no {BEST_MODEL_FILE} in training workdir {path!r} (training writes it at the "
+                "first validation); pass --model=<workdir> after a validation, or a .keras file"
+            )
+        return best
+    if os.path.isfile(path):
+        if not path.endswith(".keras"):
+            raise ValueError(
+                f"model file {path!r} is not a .keras file; pass a training workdir or the "
+                f"{BEST_MODEL_FILE} that training wrote"
+            )
+        return path
+    raise FileNotFoundError(
+        f"model {path!r} not found: expected a training workdir containing {BEST_MODEL_FILE} "
+        "or a .keras file written by `python -m fer_tf.train`"
+    )
+
+
+def load_model(path):
+    """Loads the Keras model at PATH (a training workdir or a `.keras` file)."""
+    from fer_tf import model as model_lib  # Keras is needed only to export, not to serve.
+
+    return model_lib.load_expression_model(resolve_model_path(path))
+
+
+def model_input_size(model) -> int:
+    """The square size the model's "preprocessing" layer resizes to (the backbone's)."""
+    try:
+        return int(model.get_layer("preprocessing").size)
+    except ValueError as e:
+        raise ValueError(
+            f"model {model.name!r} has no 'preprocessing' layer; export expects a model from "
+            "fer_tf.model.build_expression_model"
+        ) from e
+
+
+def _decode(image_bytes, size: int):
+    """One encoded image -> float32 RGB [size, size, 3] in 0..255 (bilinear, as training)."""
+    # channels=3 turns gray into RGB and drops PNG alpha; expand_animations=False keeps
+    # GIFs 3-D (first frame). Bad bytes raise InvalidArgumentError for this request only.
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    # The op preprocessing.resize runs (bilinear, half-pixel centres, no antialias; an
+    # exact identity at the same size), called directly: preprocessing.resize's tf.cond
+    # size check is mis-folded by grappler's constant folding in TF 2.21 when some
+    # dimensions are static and height/width are not, so its EnsureShape branch fires.
+    return tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
+
+
+def serving_functions(model, class_names: Sequence[str] = classes.CLASS_NAMES) -> Dict:
+    """The two serving functions, keyed by signature name.
+
+    Args:
+      model: a model from `fer_tf.model.build_expression_model` (RGB 0..255 -> logits).
+      class_names: names for the output classes, in logit order.
+
+    Returns:
+      ``{name: (fn, input_signature)}`` for ``serving_default`` and ``predict_images``;
+      each ``fn`` returns a dict with `OUTPUT_KEYS`.
+    """
+    num_classes = int(model.output_shape[-1])
+    if num_classes != len(class_names):
+        raise ValueError(
+            f"model has {num_classes} outputs but {len(class_names)} class names were given"
+        )
+    size = model_input_size(model)
+    names = tf.constant(list(class_names))
+
+    def outputs(images):
+        logits = tf.cast(model(images, training=False), tf.float32)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {
+            "probabilities": probabilities,
+            "class_index": index,
+            "class_name": tf.gather(names, index),
+        }
+
+    def serve_bytes(image_bytes):
+        # Images differ in size, so each is decoded and resized alone; the model's own
+        # resize is then a no-op because the size already matches.
+        images = tf.map_fn(
+            lambda b: _decode(b, size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32),
+        )
+        return outputs(images)
+
+    def serve_images(images):
+        return outputs(tf.cast(images, tf.float32))
+
+    return {
+        SERVING_SIGNATURE: (
+            serve_bytes,
+            [tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
+        ),
+        IMAGES_SIGNATURE: (
+            serve_images,
+            [tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
+        ),
+    }
+
+
+def _metadata(model, class_names, source):
+    import keras
+
+    return {
+        "class_names": list(class_names),
+        "model_input_size": model_input_size(model),
+        "signatures": {
+            SERVING_SIGNATURE: {
+                "inputs": {BYTES_INPUT: "string [batch]: JPEG/PNG/BMP/GIF bytes, any size, gray or colour"},
+            },
+            IMAGES_SIGNATURE: {
+                "inputs": {IMAGES_INPUT: "uint8 [batch, height, width, 3]: RGB 0..255, any size"},
+            },
+        },
+        "outputs": {
+            "probabilities": "float32 [batch, num_classes]: softmax of the logits",
+            "class_index": "int32 [batch]: argmax of probabilities",
+            "class_name": "string [batch]: class_names[class_index]",
+        },
+        "preprocessing": "decode to RGB, bilinear resize to model_input_size, RGB->BGR, "
+        "minus VGGFace2 mean (all in-graph)",
+        "source_model": source,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+    }
+
+
+def _check_destination(export_dir: str, overwrite: bool):
+    if os.path.lexists(export_dir):
+        if not os.path.isdir(export_dir):
+            raise FileExistsError(f"export_dir {export_dir!r} exists and is not a directory")
+        if os.listdir(export_dir) and not overwrite:
+            raise FileExistsError(
+                f"export_dir {export_dir!r} exists and is not empty; choose a new version "
+                "folder (e.g. DIR/2) or pass --overwrite to replace it"
+            )
+    if not os.path.basename(export_dir).isdigit():
+        logging.warning(
+            "TF Serving only loads numbered version folders; export to %s/1 to serve %s "
+            "with --model_base_path=%s", export_dir, export_dir, export_dir,
+        )
+
+
+def export_saved_model(
+    model,
+    export_dir,
+    overwrite: bool = False,
+    class_names: Sequence[str] = classes.CLASS_NAMES,
+    source: Optional[str] = None,
+) -> str:
+    """Writes the serving SavedModel of ``model`` to ``export_dir`` atomically.
+
+    Args:
+      model: a model from `fer_tf.model.build_expression_model`.
+      export_dir: destination, conventionally ``<model_base_path>/<version>``.
+      overwrite: replace a non-empty ``export_dir``.
+      class_names: class names in logit order.
+      source: where the model came from (recorded in the metadata JSON).
+
+    Returns:
+      The absolute export directory.
+
+    Raises:
+      FileExistsError: ``export_dir`` is non-empty and ``overwrite`` is False.
+    """
+    import keras
+
+    export_dir = os.path.abspath(os.fspath(export_dir))
+    _check_destination(export_dir, overwrite)
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, (fn, signature) in serving_functions(model, class_names).items():
+        archive.add_endpoint(name, fn, input_signature=signature)
+
+    # Hidden name: TF Serving ignores folders whose name is not a number.
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp", dir=parent)
+    old = None
+    try:
+        # mkdtemp makes the folder 0700; a server running as another user (the
+        # tensorflow/serving container) must be able to read it, so use the umask as mkdir would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        archive.write_out(tmp, verbose=False)
+        meta_path = os.path.join(tmp, METADATA_FILE)
+        os.makedirs(os.path.dirname(meta_path), exist_ok=True)
+        with open(meta_path, "w") as f:
+            json.dump(_metadata(model, class_names, source), f, indent=2)
+            f.write("\n")
+        if os.path.isdir(export_dir) and os.listdir(export_dir):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.old", dir=parent)
+            os.rename(export_dir, os.path.join(old, "replaced"))
+        elif os.path.isdir(export_dir):
+            os.rmdir(export_dir)
+        os.rename(tmp, export_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.exists(export_dir):
+            os.rename(os.path.join(old, "replaced"), export_dir)  # put the old export back
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    logging.info("exported %s to %s", source or model.name, export_dir)
+    return export_dir
+
+
+def export(model_path, export_dir, overwrite: bool = False) -> str:
+    """Loads a training workdir or `.keras` file and exports it (see `export_saved_model`)."""
+    source = resolve_model_path(model_path)
+    # Check the destination before the (slow) load so a mistake fails at once.
+    _check_destination(os.path.abspath(os.fspath(export_dir)), overwrite)
+    model = load_model(source)
+    return export_saved_model(model, export_dir, overwrite=overwrite, source=os.path.abspath(source))
+
+
+@dataclasses.dataclass
+class ExportedModel:
+    """A loaded export. Calling a signature returns a dict of tensors (`OUTPUT_KEYS`).
+
+    Attributes:
+      module: the object from ``tf.saved_model.load`` (keeps the variables alive).
+      serving_default: ``fn(image_bytes=<string [B]>)``.
+      predict_images: ``fn(images=<uint8 [B, H, W, 3]>)``.
+      metadata: the export's JSON description (empty if absent).
+    """
+
+    module: object
+    serving_default: Callable
+    predict_images: Callable
+    metadata: Dict
+
+
+def load_exported(export_dir) -> ExportedModel:
+    """Loads an export with TensorFlow only and returns its signatures.
+
+    Args:
+      export_dir: the folder written by `export_saved_model` (e.g. ``DIR/1``).
+
+    Raises:
+      FileNotFoundError: no SavedModel at ``export_dir``.
+      ValueError: the SavedModel lacks the fer_tf signatures.
+    """
+    export_dir = os.fspath(export_dir)
+    if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+        raise FileNotFoundError(
+            f"no SavedModel at {export_dir!r} (expected saved_model.pb written by "
+            "`python -m fer_tf.export`)"
+        )
+    module = tf.saved_model.load(export_dir)
+    missing = {SERVING_SIGNATURE, IMAGES_SIGNATURE} - set(module.signatures.keys())
+    if missing:
+        raise ValueError(
+            f"SavedModel {export_dir!r} lacks signatures {sorted(missing)}; re-export it with "
+            "`python -m fer_tf.export`"
+        )
+    metadata = {}
+    meta_path = os.path.join(export_dir, METADATA_FILE)
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            metadata = json.load(f)
+    return ExportedModel(
+        module=module,
+        serving_default=module.signatures[SERVING_SIGNATURE],
+        predict_images=module.signatures[IMAGES_SIGNATURE],
+        metadata=metadata,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point. Flags are defined only when run as a program: evaluate, predict and the
+# benchmarks import this module for `load_exported` and define their own --model.
+
+
+def define_flags(flag_values=None):
+    """Defines --model, --export_dir, --overwrite on ``flag_values`` (absl's FLAGS by default)."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_string(
+        "model", None, "Training workdir (uses its best_model.keras) or a .keras file.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "export_dir", None, "Destination, a numbered version folder: <model_base_path>/1.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty export_dir.", flag_values=flag_values)
+    return flag_values
+
+
+def main(argv, flag_values):
+    """Runs the export from parsed flags; returns the process exit code."""
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flag_values.model or not flag_values.export_dir:
+        raise app.UsageError("--model and --export_dir are required")
+    try:
+        path = export(flag_values.model, flag_values.export_dir, overwrite=flag_values.overwrite)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"fer_tf.export: error: {e}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _FLAGS = define_flags()
+    app.run(lambda argv: main(argv, _FLAGS))
