@@ -30,7 +30,9 @@ DEFAULT_INPUT_SIZE = 112
 
 _BEST_MODEL = "best_model.keras"
 _SAVED_MODEL_PB = "saved_model.pb"
-# Files in a training workdir that may record the decode size (first one found wins).
+# Files in a training workdir that may record the decode size (first one found wins):
+# the flagfile fer_tf.train writes, then JSON files with an "image_size" entry.
+_FLAGFILE = "flags.txt"
 _CONFIG_FILES = ("config.json", "train_config.json", "result.json")
 _SAVED_MODEL_SIGNATURE = "predict_images"
 
@@ -134,7 +136,14 @@ def _saved_model_dir(path: str) -> Optional[str]:
 
 
 def workdir_input_size(workdir: str) -> Optional[int]:
-    """The image_size a training workdir records, if any of its JSON files has one."""
+    """The image_size a training workdir records (flags.txt of fer_tf.train, or JSON), if any."""
+    flagfile = os.path.join(workdir, _FLAGFILE)
+    if os.path.isfile(flagfile):
+        with open(flagfile) as f:
+            for line in f:
+                name, _, value = line.strip().partition("=")
+                if name == "--image_size" and value.isdigit():
+                    return int(value)
     for name in _CONFIG_FILES:
         file = os.path.join(workdir, name)
         if not os.path.isfile(file):
