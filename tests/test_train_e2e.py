@@ -1,0 +1,135 @@
+"""The entry point: configs, up-front validation, and a shortened demo run end to end."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from fer_tf import train, training
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.cfg"))
+
+
+def _run(args, cwd, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "fer_tf.train"] + args, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_configs_exist():
+    names = {c.name for c in CONFIGS}
+    assert {"demo.cfg", "paper_affwild2_expw.cfg", "fer2013.cfg", "fer2013_cpu.cfg"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_header_and_flags(path):
+    """Each config starts with purpose, command, hardware, time, score, and its flags
+    parse into a TrainConfig that validates (or fails only on the absent weights file)."""
+    text = path.read_text()
+    assert text.startswith("# Purpose:")
+    for key in ("# Command: python -m fer_tf.train --flagfile=configs/" + path.name,
+                "# Hardware:", "# Expected time:", "# Expected score:"):
+        assert key in text, key
+    with flagsaver.flagsaver():
+        argv = flags.FLAGS.read_flags_from_files([f"--flagfile={path}"], force_gnu=False)
+        flags.FLAGS(["train"] + argv)
+        config = train.config_from_flags()
+        assert flags.FLAGS.workdir
+        if config.random_init:
+            config.validate()
+        else:
+            with pytest.raises(FileNotFoundError, match="python -m weights_conversion"):
+                config.validate()
+
+
+def test_flags_txt_round_trip(tmp_path):
+    with flagsaver.flagsaver(workdir=str(tmp_path), batch_size=64, lr_head=0.25,
+                             class_weights="1,2,3,4,5,6,7"):
+        train.write_flagfile(str(tmp_path))
+        expected = train.config_from_flags()
+    text = (tmp_path / "flags.txt").read_text()
+    assert f"--flagfile={tmp_path}/flags.txt" in text
+    with flagsaver.flagsaver():
+        argv = flags.FLAGS.read_flags_from_files([f"--flagfile={tmp_path}/flags.txt"],
+                                                 force_gnu=False)
+        flags.FLAGS(["train"] + argv)
+        assert train.config_from_flags() == expected
+        assert flags.FLAGS.workdir == str(tmp_path)
+
+
+def test_entry_point_rejects_bad_config_with_advice(tmp_path):
+    proc = _run([f"--flagfile={REPO}/configs/demo.cfg", f"--workdir={tmp_path}/w",
+                 "--batch_size=30", "--micro_batches=4"], cwd=tmp_path, timeout=300)
+    assert proc.returncode != 0
+    assert "--batch_size=30 is not divisible by --micro_batches=4" in proc.stderr
+    assert not (tmp_path / "w" / "flags.txt").exists()
+
+
+@pytest.mark.slow
+def test_demo_trains_improves_and_writes_outputs(tmp_path):
+    """A shortened demo run: score improves well above chance; result.json, events,
+    best model and flags.txt are written; relaunching from flags.txt resumes (and, the
+    run being complete, only re-reports)."""
+    workdir = tmp_path / "run"
+    args = [f"--flagfile={REPO}/configs/demo.cfg", f"--workdir={workdir}",
+            f"--data_dir={tmp_path}/demo_data", "--max_updates=160", "--validate_every=40",
+            "--checkpoint_every=40", "--log_every=20"]
+    proc = _run(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "best validation ABAW score" in proc.stdout
+
+    result = json.loads((workdir / "result.json").read_text())
+    assert result["finished"] and result["updates"] == 160
+    assert set(result["val_per_class_f1"]) == {"Neutral", "Anger", "Disgust", "Fear",
+                                               "Happiness", "Sadness", "Surprise"}
+    scores = _event_scalars(workdir)
+    val = scores["val/abaw_score"]
+    assert sorted(val) == [40, 80, 120, 160]
+    # Improves from the first validation, far above chance (~0.15).
+    assert result["val_abaw_score"] == pytest.approx(max(val.values()), abs=1e-6)
+    assert result["val_abaw_score"] > val[40] + 0.1
+    assert result["val_abaw_score"] > 0.35
+    for tag in ("train/loss", "train/learning_rate_head", "train/learning_rate_backbone",
+                "train/images_per_second", "train/grad_norm", "val/f1", "val/accuracy",
+                "val/f1_Neutral", "val/confusion_matrix"):
+        assert tag in scores, tag
+    assert (workdir / "best_model.keras").is_file()
+    assert (workdir / "checkpoints" / "checkpoint").is_file()
+
+    # The best model reloads and scores what result.json says.
+    from fer_tf import model as model_lib
+    config = training.TrainConfig(dataset="demo", data_dir=str(tmp_path / "demo_data"),
+                                  image_size=64, random_init=True, eval_batch_size=128)
+    data = training.make_loop_data(config)
+    best = model_lib.load_expression_model(str(workdir / "best_model.keras"))
+    rescored = training.evaluate(training.make_predict_fn(best), data.validation(), 7)
+    assert rescored["abaw_score"] == pytest.approx(result["val_abaw_score"], abs=1e-6)
+
+    again = _run([f"--flagfile={workdir}/flags.txt"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "Resumed from" in again.stderr
+    assert json.loads((workdir / "result.json").read_text())["val_abaw_score"] == \
+        pytest.approx(result["val_abaw_score"])
+
+
+def _event_scalars(workdir):
+    import tensorflow as tf
+    out = {}
+    for name in os.listdir(workdir):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        for event in tf.compat.v1.train.summary_iterator(str(workdir / name)):
+            for value in event.summary.value:
+                series = out.setdefault(value.tag, {})
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    series[event.step] = float(tf.make_ndarray(value.tensor))
+                else:
+                    series[event.step] = None
+    return out
