@@ -133,3 +133,21 @@ def _event_scalars(workdir):
                 else:
                     series[event.step] = None
     return out
+
+
+@pytest.mark.parametrize("script,extra", [
+    ("gpu_train.py", ["--device=cpu", "--precision=float32", "--noxla"]),
+    ("train_step.py", []),
+])
+def test_benchmark_cpu_paths_run(script, extra):
+    """The benchmarks' shared code runs on the CPU with tiny sizes and prints the table."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--backbone=tiny",
+         "--micro_batches=2", "--micro_batch_size=2", "--steps=1", "--warmup=1"] + extra,
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith("ratio fer_tf / pytorch: ")
+    assert float(lines[-1].split(":")[1]) > 0
+    assert any(l.startswith("fer_tf") for l in lines) and any(l.startswith("pytorch") for l in lines)

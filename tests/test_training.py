@@ -24,7 +24,8 @@ CLASS_COUNTS = [50, 9, 4, 6, 30, 15, 12]
 def _convnet(dtype="float32", bn_trainable=True, seed=1):
     """Conv -> BatchNorm (PyTorch eps/momentum) -> ReLU -> pool -> Dense "head"."""
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((SIZE, SIZE, 3), dtype=dtype)
+    # dtype None: layers follow the global dtype policy (mixed precision tests).
+    inputs = keras.Input((SIZE, SIZE, 3), dtype=dtype or "float32")
     x = keras.layers.Conv2D(6, 3, use_bias=False, name="conv", dtype=dtype)(inputs)
     bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn", dtype=dtype)
     x = keras.layers.ReLU(dtype=dtype)(bn(x))
@@ -347,3 +348,39 @@ def test_config_validation_messages():
         training.TrainConfig(random_init=True, class_weights="1,2").validate()
     with pytest.raises(ValueError, match="--xla works on a single device"):
         training.TrainConfig(random_init=True, xla=True, distribute="mirrored").validate()
+
+
+def _one_update_change(precision, xla=False):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        model = _convnet(dtype=None)
+        before = model.get_layer("head").get_weights()[0]
+        sgd = optim.PaperSGD(EXACT, loss_scale=precision == "mixed_float16")
+        sgd.build(model.trainable_variables)
+        step = training.make_train_step(model, sgd, micro_batches=2, jit_compile=xla)
+        for x, y, w in _batches(2, 16):
+            out = step(x, y, w)
+        return model.get_layer("head").get_weights()[0] - before, float(out["loss"]), sgd
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize("precision,tolerance", [("mixed_bfloat16", 5e-2), ("mixed_float16", 5e-3)])
+def test_mixed_precision_matches_float32(precision, tolerance):
+    """Same updates under mixed precision (loss scaling for float16): the head's change
+    within the 16-bit type's precision of float32's (bfloat16 has 8 bits of mantissa)."""
+    ref, ref_loss, _ = _one_update_change("float32")
+    change, loss, sgd = _one_update_change(precision)
+    assert _rel(change, ref) <= tolerance
+    assert loss == pytest.approx(ref_loss, rel=tolerance)
+    if precision == "mixed_float16":
+        assert isinstance(sgd.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert float(sgd.current_loss_scale()) > 1
+
+
+def test_xla_step_matches():
+    ref, ref_loss, _ = _one_update_change("float32")
+    change, loss, _ = _one_update_change("float32", xla=True)
+    assert _rel(change, ref) <= 1e-5  # float32, fused XLA kernels reorder sums
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
