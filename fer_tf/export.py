@@ -137,7 +137,12 @@ def serving_functions(model, class_names: Sequence[str] = classes.CLASS_NAMES) -
     names = tf.constant(list(class_names))
 
     def outputs(images):
-        logits = tf.cast(model(images, training=False), tf.float32)
+        # An empty request gets empty outputs: the convolutions reject a batch of zero.
+        logits = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: tf.cast(model(images, training=False), tf.float32),
+            lambda: tf.zeros([0, num_classes], tf.float32),
+        )
         probabilities = tf.nn.softmax(logits, axis=-1)
         index = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {

@@ -194,6 +194,15 @@ def test_malformed_bytes_raise_then_valid_call_works(loaded, faces_dir):
     np.testing.assert_array_equal(probabilities[0], probabilities[1])
 
 
+def test_empty_batch_gives_empty_outputs(loaded):
+    for out in (
+        loaded.serving_default(image_bytes=tf.constant([], tf.string)),
+        loaded.predict_images(images=tf.zeros([0, 32, 32, 3], tf.uint8)),
+    ):
+        assert out["probabilities"].shape == (0, classes.NUM_CLASSES)
+        assert out["class_index"].shape == (0,) and out["class_name"].shape == (0,)
+
+
 def test_resolve_model_path(trained, exported, tmp_path):
     _, path = trained
     assert export.resolve_model_path(path.parent) == str(path)  # training workdir
