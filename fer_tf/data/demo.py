@@ -93,7 +93,8 @@ def _draw_face(expression, k, ident, rng):
     cx, cy = s / 2, s / 2 + 6
     fw, fh = ident["face_w"], ident["face_h"]
     if ident["hair"] is not None:
-        _arc(img, cx, cy, (0, -fh * 0.25), (fw * 1.08, fh * 0.85), 180, 360, ident["hair"].tolist(), -1)
+        _arc(img, cx, cy, (0, -fh * 0.25), (fw * 1.08, fh * 0.85), 180, 360,
+             ident["hair"].tolist(), -1)
     _arc(img, cx, cy, (0, 0), (fw, fh), 0, 360, ident["skin"].tolist(), -1)
     feat = ident["feature"].tolist()
     dark = (25, 20, 30)
@@ -252,7 +253,8 @@ def _write_video(out_dir, split_dir, name, labels, crops, ident, rng):
         expression = int(label) if label >= 0 else int(rng.integers(0, 7))
         img = _render(expression, intensity[t], ident, poses[t], rng)
         if has_crop:
-            ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(80, 96))])
+            quality = int(rng.integers(80, 96))
+            ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for {name} frame {t + 1}")
             _write_bytes(os.path.join(crop_dir, f"{t + 1:05d}.jpg"), data.tobytes())
@@ -294,7 +296,8 @@ def write_demo_dataset(out_dir, train_videos: int = 16, val_videos: int = 5,
             summary = json.load(f)
         if summary.get("args") != args:
             raise ValueError(f"{out_dir} already holds a demo dataset written with "
-                             f"{summary.get('args')}, not {args}; use another --out_dir or delete it")
+                             f"{summary.get('args')}, not {args}; use another --out_dir "
+                             "or delete it")
         logging.info("demo dataset already complete in %s; not rewritten", out_dir)
         return summary
 

@@ -133,15 +133,22 @@ def augment_batch(images, seed):
     return tf.cast(tf.round(x * 255.0), tf.uint8)
 
 
+# XLA fuses the ~100 elementwise passes of flip + jitter: about 2x faster on CPU.
+_augment_batch_xla = tf.function(augment_batch, jit_compile=True, reduce_retracing=True)
+
+
 def _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches, num_parallel_calls):
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=num_parallel_calls,
                   deterministic=True)
     if augment:
         # One seed per batch from its global position, so a resumed run draws the same.
-        ds = ds.enumerate(start=skip_batches)
-        ds = ds.map(lambda i, batch: (augment_batch(batch[0], tf.stack([tf.cast(seed, tf.int64),
-                                                                        i])),) + batch[1:],
-                    num_parallel_calls=num_parallel_calls, deterministic=True)
+        def augment_at(index, batch):
+            images, labels, weights = batch
+            batch_seed = tf.stack([tf.constant(seed, tf.int64), index])
+            return _augment_batch_xla(images, batch_seed), labels, weights
+
+        ds = ds.enumerate(start=skip_batches).map(
+            augment_at, num_parallel_calls=num_parallel_calls, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(AUTOTUNE)
