@@ -149,6 +149,9 @@ def evaluate_source(classifier, source: examples.LabelledImages, smooth_window: 
         result["smooth_window"] = int(smooth_window)
         result["smoothed"] = _scores(kept.labels, smoothed, names)
         result["smoothed_probabilities"] = smoothed
+    elif int(smooth_window) > 1:
+        logging.warning("smooth_window=%d ignored: the examples are still images, not video frames",
+                        int(smooth_window))
     return result
 
 

@@ -130,3 +130,16 @@ def test_reproduces_the_training_runs_validation_numbers(demo_dir, tmp_path):
     assert result["raw"]["accuracy"] == pytest.approx(reported["val_accuracy"], abs=1e-9)
     for name, f1 in reported["val_per_class_f1"].items():
         assert result["raw"]["per_class_f1"][name] == pytest.approx(f1, abs=1e-9)
+
+
+def test_still_images_real_fer2013_no_smoothing(fer2013_dir, model_file):
+    """Gray 48x48 FER2013 files (real data): decoded to RGB, scored, no smoothed report."""
+    full = sources.load_source("fer2013", fer2013_dir, "validation")
+    pick = np.random.default_rng(0).choice(len(full), 40, replace=False)
+    subset = type(full)([full.paths[i] for i in pick], full.labels[pick], full.class_names)
+    classifier = inference.load_classifier(model_file, batch_size=16)
+    result = evaluate.evaluate_source(classifier, subset, smooth_window=5, batch_size=16)
+    assert result["num_images"] == 40 and "smoothed" not in result
+    assert np.asarray(result["raw"]["confusion_matrix"]).sum() == 40
+    preds = np.argmax(result["probabilities"], axis=1)
+    assert result["raw"]["accuracy"] == pytest.approx(np.mean(preds == subset.labels), abs=1e-12)
