@@ -53,7 +53,8 @@ import json, sys, time
 import torch
 from PIL import Image
 from torchvision import transforms
-paths, batch, workers, passes = json.loads(sys.argv[1])
+with open(sys.argv[1]) as f:
+    paths, batch, workers, passes = json.load(f)
 torch.set_num_threads(1)
 tf = transforms.Compose([transforms.Resize(224), transforms.RandomHorizontalFlip(),
                          transforms.ColorJitter(brightness=0.4, contrast=0.3, saturation=0.25,
@@ -114,12 +115,15 @@ def _rate(ds, step=None, passes=None):
 def _torch_rate(paths):
     if not FLAGS.torch_python or not os.path.exists(FLAGS.torch_python):
         return None, f"skipped: no interpreter at --torch_python={FLAGS.torch_python!r}"
-    arg = json.dumps([list(paths), FLAGS.batch_size, FLAGS.workers, FLAGS.passes])
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump([list(paths), FLAGS.batch_size, FLAGS.workers, FLAGS.passes], f)
     try:
-        out = subprocess.run([FLAGS.torch_python, "-c", _TORCH_SCRIPT, arg], capture_output=True,
-                             text=True, timeout=1800)
+        out = subprocess.run([FLAGS.torch_python, "-c", _TORCH_SCRIPT, f.name],
+                             capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, f"skipped: {e}"
+    finally:
+        os.remove(f.name)
     if out.returncode != 0:
         return None, "skipped: " + (out.stderr.strip().splitlines() or ["failed"])[-1]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -134,7 +138,7 @@ def _tfds_rate(demo_root):
     data_dir = pathlib.Path(FLAGS.work_dir) / "tfds"
     builder = tfds_builders.make_builder("affwild2", data_dir)
     if not builder.is_prepared():
-        tfds_builders.build("affwild2", demo_root, data_dir)
+        builder = tfds_builders.build("affwild2", demo_root, data_dir)
     records = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
     records = records.take(FLAGS.num_images).cache()  # same count as the file rows
     ds = pipeline.make_dataset_from_records(records, FLAGS.batch_size, seed=0)
