@@ -218,6 +218,14 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         layer_one, layer_two = one.get_layer(name), two.get_layer(name)
         for i, (a, b) in enumerate(zip(layer_one.trainable_weights, layer_two.trainable_weights)):
             out[f"{name}_{i}"] = rel(b.numpy(), a.numpy())
+    # The whole loop under the strategy: distributed input, validation, checkpoint, best model.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = tt._convnet("float32")
+        sgd = optim.PaperSGD(tt.EXACT)
+    config = tt._loop_config(max_updates=4, validate_every=2, micro_batches=2)
+    result = training.train_loop(model, sgd, tt._loop_data(), config, sys.argv[2], strategy)
+    out["loop_updates"] = result["updates"]
     print("RESULT " + json.dumps(out))
 """)
 
@@ -233,11 +241,14 @@ def test_mirrored_two_cpus_equals_one_device(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(script), os.path.join(repo, "tests")],
+    proc = subprocess.run([sys.executable, str(script), os.path.join(repo, "tests"),
+                           str(tmp_path / "loop")],
                           capture_output=True, text=True, env=env, timeout=300)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[0][len("RESULT "):])
+    assert result.pop("loop_updates") == 4
+    assert (tmp_path / "loop" / "best_model.keras").is_file()
     for key, value in result.items():
         if key != "replicas":
             assert value <= 1e-5, (key, result)
