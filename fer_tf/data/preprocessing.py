@@ -18,16 +18,12 @@ def resize(images, size: int = NETWORK_INPUT_SIZE):
     Bilinear with half-pixel centres, no antialiasing: what torchvision's Resize
     does when it upsamples the 112x112 Aff-Wild2 crops. A no-op at the target size.
     """
-    images = tf.convert_to_tensor(images)
-    images = tf.cast(images, tf.float32)
-    shape = tf.shape(images)
-    h, w = shape[-3], shape[-2]
-    same = tf.logical_and(tf.equal(h, size), tf.equal(w, size))
-    return tf.cond(
-        same,
-        lambda: tf.ensure_shape(images, images.shape[:-3] + (size, size, images.shape[-1])),
-        lambda: tf.image.resize(images, (size, size), method="bilinear"),
-    )
+    images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    if tuple(images.shape[-3:-1]) == (size, size):
+        return images
+    # Static sizes differ or are unknown: at equal sizes bilinear resizing with
+    # half-pixel centres samples exactly the pixel centres, so it is the identity.
+    return tf.image.resize(images, (size, size), method="bilinear")
 
 
 def rgb_to_network_input(images):
