@@ -93,6 +93,26 @@ def check_image_files(paths, log_limit: int = _LOGGED_PATHS):
     return ok, skipped
 
 
+_CHECK_CACHE = {}
+
+
+def _checked_files(paths):
+    """check_image_files, once per distinct path list in this process.
+
+    A training loop builds one dataset per epoch from the same list; the files
+    are read once, not every epoch (a rerun re-checks them: a new process).
+    """
+    key = hash(tuple(paths))
+    if key not in _CHECK_CACHE:
+        if len(_CHECK_CACHE) >= 4:
+            _CHECK_CACHE.pop(next(iter(_CHECK_CACHE)))
+        _CHECK_CACHE[key] = check_image_files(paths)[0]
+    elif not _CHECK_CACHE[key].all():
+        logging.info("excluding the %d undecodable files found earlier",
+                     int((~_CHECK_CACHE[key]).sum()))
+    return _CHECK_CACHE[key]
+
+
 def resize_uint8(image, size: int):
     """Bilinear resize of one uint8 image to size x size (no-op if already that size).
 
@@ -189,7 +209,7 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
     paths = list(images.paths)
     labels = np.asarray(images.labels, np.int64)
     if skip_corrupt:
-        ok, _ = check_image_files(paths)
+        ok = _checked_files(paths)
         paths = [p for p, k in zip(paths, ok) if k]
         labels = labels[ok]
     if not paths:

@@ -122,6 +122,12 @@ def test_corrupt_files_are_skipped_counted_and_logged(tmp_path, caplog):
         ds = pipeline.make_dataset(LabelledImages(paths, [0] * len(paths)), 4, shuffle=False)
     assert "skipped 5 of 11" in caplog.text and "truncated.jpg" in caplog.text
     assert len(_all(ds)[1]) == 6
+    # The next epoch's dataset reuses the check (files read once) and still excludes them.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        again = pipeline.make_dataset(LabelledImages(paths, [0] * len(paths)), 4, shuffle=False)
+    assert "excluding the 5 undecodable files" in caplog.text
+    assert len(_all(again)[1]) == 6
 
 
 def test_file_passing_the_check_but_not_decoding_is_dropped_not_fatal(tmp_path):
