@@ -184,7 +184,9 @@ def _metadata(model, class_names, source):
         "model_input_size": model_input_size(model),
         "signatures": {
             SERVING_SIGNATURE: {
-                "inputs": {BYTES_INPUT: "string [batch]: JPEG/PNG/BMP/GIF bytes, any size, gray or colour"},
+                "inputs": {
+                    BYTES_INPUT: "string [batch]: JPEG/PNG/BMP/GIF bytes, any size, gray or colour"
+                },
             },
             IMAGES_SIGNATURE: {
                 "inputs": {IMAGES_INPUT: "uint8 [batch, height, width, 3]: RGB 0..255, any size"},
@@ -292,7 +294,9 @@ def export(model_path, export_dir, overwrite: bool = False) -> str:
     # Check the destination before the (slow) load so a mistake fails at once.
     _check_destination(os.path.abspath(os.fspath(export_dir)), overwrite)
     model = load_model(source)
-    return export_saved_model(model, export_dir, overwrite=overwrite, source=os.path.abspath(source))
+    return export_saved_model(
+        model, export_dir, overwrite=overwrite, source=os.path.abspath(source)
+    )
 
 
 @dataclasses.dataclass
@@ -366,7 +370,9 @@ def define_flags(flag_values=None):
         "export_dir", None, "Destination, a numbered version folder: <model_base_path>/1.",
         flag_values=flag_values,
     )
-    flags.DEFINE_bool("overwrite", False, "Replace a non-empty export_dir.", flag_values=flag_values)
+    flags.DEFINE_bool(
+        "overwrite", False, "Replace a non-empty export_dir.", flag_values=flag_values
+    )
     return flag_values
 
 

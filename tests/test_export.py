@@ -259,7 +259,8 @@ def test_cli_errors_are_clear(trained, tmp_path, capsys):
     existing = tmp_path / "serving" / "1"
     existing.mkdir(parents=True)
     (existing / "saved_model.pb").write_bytes(b"old")
-    code = export.main(["fer_tf.export"], _flag_values(f"--model={path}", f"--export_dir={existing}"))
+    flag_values = _flag_values(f"--model={path}", f"--export_dir={existing}")
+    code = export.main(["fer_tf.export"], flag_values)
     assert code == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (existing / "saved_model.pb").read_bytes() == b"old"
