@@ -32,6 +32,7 @@ import tensorflow as tf
 from absl import logging
 
 from fer_tf import classes
+from fer_tf.data import preprocessing
 
 # Kept equal to fer_tf.training.BEST_MODEL_FILE (tests check it); not imported so that
 # exporting does not depend on the training stack.
@@ -110,11 +111,8 @@ def _decode(image_bytes, size: int):
     # channels=3 turns gray into RGB and drops PNG alpha; expand_animations=False keeps
     # GIFs 3-D (first frame). Bad bytes raise InvalidArgumentError for this request only.
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    # The op preprocessing.resize runs (bilinear, half-pixel centres, no antialias; an
-    # exact identity at the same size), called directly: preprocessing.resize's tf.cond
-    # size check is mis-folded by grappler's constant folding in TF 2.21 when some
-    # dimensions are static and height/width are not, so its EnsureShape branch fires.
-    return tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
+    # The model's own resize (one function for training, evaluation and export).
+    return preprocessing.resize(image, size)
 
 
 def serving_functions(model, class_names: Sequence[str] = classes.CLASS_NAMES) -> Dict:
