@@ -159,15 +159,19 @@ def main(argv):
           f"{FLAGS.workers} PyTorch workers, tf {tf.__version__}")
     rows = []
 
+    def add(name, rate, note):
+        rows.append((name, rate, note))
+        print(f"  measured {name}: {rate if rate is None else round(rate)} images/s", flush=True)
+
     decode_only = tf.data.Dataset.from_tensor_slices(files.paths).map(
         lambda p: tf.io.decode_jpeg(tf.io.read_file(p), channels=3),
         num_parallel_calls=tf.data.AUTOTUNE).batch(bs).prefetch(tf.data.AUTOTUNE)
-    rows.append(("decode only (tf.data, uint8)", _rate(decode_only), "read + decode + batch"))
+    add("decode only (tf.data, uint8)", _rate(decode_only), "read + decode + batch")
 
     default = pipeline.make_dataset(files, bs, image_size=112, seed=0)
     default_rate = _rate(default)
-    rows.append(("fer_tf default: CPU side", default_rate,
-                 "decode + shuffle + batch uint8 112; augmentation in the step"))
+    add("fer_tf default: CPU side", default_rate,
+        "decode + shuffle + batch uint8 112; augmentation in the step")
 
     counter = tf.Variable(0, dtype=tf.int64)
 
@@ -179,11 +183,11 @@ def main(argv):
         return preprocessing.rgb_to_network_input(x)
 
     full_cpu = _rate(default, step=in_step)
-    rows.append(("fer_tf all on this CPU (in-step aug)", full_cpu,
-                 "default pipeline + in-step resize/flip/jitter/normalise, XLA"))
+    add("fer_tf all on this CPU (in-step aug)", full_cpu,
+        "default pipeline + in-step resize/flip/jitter/normalise, XLA")
     cpu_aug = _rate(pipeline.make_dataset(files, bs, image_size=112, seed=0, augment=True))
-    rows.append(("fer_tf augment=True (tf.data aug)", cpu_aug,
-                 "resize 224 + flip + jitter in tf.data -> uint8 224"))
+    add("fer_tf augment=True (tf.data aug)", cpu_aug,
+        "resize 224 + flip + jitter in tf.data -> uint8 224")
 
     layers = keras.Sequential([
         keras.layers.Resizing(224, 224),
@@ -193,17 +197,17 @@ def main(argv):
                                        hue_factor=0.5, seed=0)])
     keras_ds = pipeline.make_dataset(files, bs, image_size=112, seed=0).map(
         lambda x, y, w: (layers(x, training=True), y, w), num_parallel_calls=tf.data.AUTOTUNE)
-    rows.append(("Keras preprocessing layers in tf.data", _rate(keras_ds),
-                 "Resizing + RandomFlip + RandomColorJitter (not torchvision semantics)"))
+    add("Keras preprocessing layers in tf.data", _rate(keras_ds),
+        "Resizing + RandomFlip + RandomColorJitter (not torchvision semantics)")
 
     try:
         rate, note = _tfds_rate(demo_root)
     except Exception as e:  # an optional row: report, do not abort the benchmark
         rate, note = None, f"omitted: {type(e).__name__}: {e}"
-    rows.append(("TFDS records (fer_tf)", rate, note))
+    add("TFDS records (fer_tf)", rate, note)
 
     torch_rate, note = _torch_rate(files.paths)
-    rows.append(("PyTorch paper pipeline (DataLoader)", torch_rate, note))
+    add("PyTorch paper pipeline (DataLoader)", torch_rate, note)
 
     print(f"\n{'pipeline':40s} {'images/s':>10s}  notes")
     for name, rate, note in rows:
