@@ -135,6 +135,7 @@ def _event_scalars(workdir):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,extra", [
     ("gpu_train.py", ["--device=cpu", "--precision=float32", "--noxla"]),
     ("train_step.py", []),

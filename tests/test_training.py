@@ -230,6 +230,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_mirrored_two_cpus_equals_one_device(tmp_path):
     """MirroredStrategy over 2 logical CPUs (2 micro-batches per replica) equals one
     device with 4 micro-batches: losses and trainable weights within 1e-5 relative
