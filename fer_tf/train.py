@@ -99,11 +99,23 @@ def write_flagfile(workdir: str):
     os.replace(tmp, path)
 
 
+def absolutize_paths():
+    """Makes path flags absolute, so flags.txt relaunches the run from any directory."""
+    for name in ("workdir", "backbone_weights"):
+        if FLAGS[name].value:
+            FLAGS[name].value = os.path.abspath(FLAGS[name].value)
+    for name in ("data_dir", "val_data_dir"):
+        if FLAGS[name].value:
+            FLAGS[name].value = ",".join(os.path.abspath(p.strip())
+                                         for p in FLAGS[name].value.split(","))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir is required (set it in the flagfile or on the command line)")
+    absolutize_paths()
     config = config_from_flags()
     try:
         config.validate()
