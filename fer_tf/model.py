@@ -54,6 +54,12 @@ class FacePreprocessing(layers.Layer):
 
             self.augmentation = augment_lib.FaceAugmentation(seed=seed, name="augmentation")
 
+    def build(self, input_shape):
+        # The augmentation's random state must exist before the model is saved or traced.
+        if self.augmentation is not None and not self.augmentation.built:
+            self.augmentation.build((input_shape[0], self.size, self.size, 3))
+        self.built = True
+
     def call(self, images, training=False):
         x = preprocessing.resize(images, self.size)
         if self.augmentation is not None and training:
