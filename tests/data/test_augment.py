@@ -217,3 +217,19 @@ def test_face_augmentation_layer_in_a_model():
     assert clone.get_config()["hue"] == 0.5 and clone.seed == 5
     # The random state is a non-trainable weight, so checkpoints resume the sequence.
     assert any("seed" in v.path for v in layer.non_trainable_variables)
+
+
+def test_jit_compiled_layer_trains_in_fit_and_matches_the_plain_layer():
+    x = (_random_images(n=8, h=16, w=16) * 255).round().astype(np.float32)
+    plain = augment.FaceAugmentation(seed=2)(x, training=True).numpy()
+    layer = augment.FaceAugmentation(seed=2, jit_compile=True)
+    np.testing.assert_allclose(layer(x, training=True).numpy(), plain, atol=255 * ATOL)
+    assert augment.FaceAugmentation.from_config(layer.get_config()).jit_compile
+
+    inputs = keras.Input((16, 16, 3))
+    features = keras.layers.GlobalAveragePooling2D()(
+        augment.FaceAugmentation(seed=2, jit_compile=True)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(7)(features))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, np.arange(8) % 7, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
