@@ -186,20 +186,20 @@ def check_replica_split(batch_size: int, micro_batches: int, num_replicas: int):
 
 
 def parse_class_weights(text: str, num_classes: int):
-    """"auto" -> "auto", "none"/"" -> None, "a,b,..." -> float32 array of num_classes."""
+    """"auto" -> "auto", "none"/"" -> None, "a,b,..." -> one positive weight per class.
+
+    Raises:
+      ValueError: a malformed list (see `fer_tf.data.class_weights.parse_class_weights`).
+    """
+    from fer_tf.data import class_weights as class_weights_lib
+
     text = (text or "none").strip().lower()
     if text in ("auto", "none"):
         return None if text == "none" else "auto"
     try:
-        values = np.array([float(v) for v in text.split(",")], np.float32)
+        return class_weights_lib.parse_class_weights(text, num_classes)
     except ValueError as e:
-        raise ValueError(f"--class_weights={text!r}: expected 'auto', 'none' or "
-                         f"{num_classes} comma-separated numbers") from e
-    if values.shape[0] != num_classes or np.any(values < 0):
-        raise ValueError(f"--class_weights={text!r}: expected {num_classes} non-negative "
-                         f"numbers (one per class, in order {CLASS_NAMES[:num_classes]}), "
-                         f"got {values.shape[0]}")
-    return values
+        raise ValueError(f"--class_weights: {e}; or use 'auto' or 'none'") from e
 
 
 # ---------------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ def test_config_validation_messages():
         training.TrainConfig(backbone_weights="/nonexistent.weights.h5").validate()
     with pytest.raises(ValueError, match="divisible by the 3 replicas"):
         training.TrainConfig(random_init=True).validate(num_replicas=3)
-    with pytest.raises(ValueError, match="7 non-negative numbers"):
+    with pytest.raises(ValueError, match="expected 7 .one per class"):
         training.TrainConfig(random_init=True, class_weights="1,2").validate()
     with pytest.raises(ValueError, match="--xla works on a single device"):
         training.TrainConfig(random_init=True, xla=True, distribute="mirrored").validate()
