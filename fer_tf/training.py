@@ -225,7 +225,9 @@ def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
     time), sums the gradients of ``sum(w*ce) / W`` where ``W`` is the weight sum of the
     whole global batch (so the total is PyTorch's ``CrossEntropyLoss(weight)`` of the
     256 images), then applies `PaperSGD` once (coupled L2 counted once over replicas).
-    BatchNorm moving statistics are updated by every micro-batch's forward pass.
+    BatchNorm moving statistics are updated by every micro-batch's forward pass; under
+    several replicas each replica updates its own copy from its own micro-batches (as
+    per-GPU BatchNorm in PyTorch DDP), and checkpoints/saved models hold replica 0's.
 
     Args:
       model: built Keras model; ``model(x, training=True)`` returns logits.
