@@ -11,8 +11,6 @@ of the *whole* 256-image batch, so the pieces are exposed separately:
 by the global weight sum.
 """
 
-from typing import Sequence
-
 import numpy as np
 import tensorflow as tf
 
@@ -60,25 +58,3 @@ def weighted_cross_entropy(labels, logits, weights) -> tf.Tensor:
     """
     numerator = weighted_cross_entropy_sum(labels, logits, weights)
     return numerator / tf.reduce_sum(tf.cast(weights, numerator.dtype))
-
-
-def class_weights_from_counts(counts: Sequence[int]) -> np.ndarray:
-    """The paper's class weights: ``max_count / count_c`` (float32, one per class).
-
-    Args:
-      counts: number of training images per class.
-
-    Raises:
-      ValueError: if a class has no images (its weight would be infinite); drop the
-        class or pass explicit weights instead.
-    """
-    counts = np.asarray(counts, dtype=np.float64).reshape(-1)
-    if counts.size == 0:
-        raise ValueError("class counts are empty; expected one count per class")
-    if np.any(counts <= 0):
-        empty = [i for i, c in enumerate(counts) if c <= 0]
-        raise ValueError(
-            f"classes {empty} have no training images (counts {counts.astype(int).tolist()}); "
-            "class weights max_count/count would be infinite: pass explicit weights "
-            "(e.g. --class_weights=1,1,...) or --class_weights=none")
-    return (counts.max() / counts).astype(np.float32)

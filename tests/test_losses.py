@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 import torch
 
+from fer_tf.data.class_weights import paper_class_weights
 from fer_tf import losses
 
 # The paper's class weights are max_count/count_c; these are Aff-Wild2 + ExpW-like.
@@ -27,7 +28,7 @@ def _torch_loss(logits, labels, class_weights):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_weighted_ce_equals_torch(seed):
     logits, labels = _batch(seed)
-    w = losses.class_weights_from_counts(COUNTS)
+    w = paper_class_weights(COUNTS)
     ours = float(losses.weighted_cross_entropy(labels, logits, w[labels]))
     expected = _torch_loss(logits, labels, w)
     # float32 computation vs a float64 reference: 1e-6 relative.
@@ -36,7 +37,7 @@ def test_weighted_ce_equals_torch(seed):
 
 def test_sum_over_micro_batches_divided_by_global_weight_equals_full_batch():
     logits, labels = _batch(3, n=64)
-    w = losses.class_weights_from_counts(COUNTS)[labels]
+    w = paper_class_weights(COUNTS)[labels]
     total = float(np.sum(w))
     pieces = sum(float(losses.weighted_cross_entropy_sum(labels[i:i + 16], logits[i:i + 16],
                                                          w[i:i + 16])) for i in range(0, 64, 16))
@@ -47,7 +48,7 @@ def test_sum_over_micro_batches_divided_by_global_weight_equals_full_batch():
 def test_keras_default_reduction_is_not_pytorchs():
     """Regression guard: Keras' default reduction divides by the batch size."""
     logits, labels = _batch(4)
-    w = losses.class_weights_from_counts(COUNTS)
+    w = paper_class_weights(COUNTS)
     expected = _torch_loss(logits, labels, w)
     keras_default = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
         labels, logits, sample_weight=w[labels]))
@@ -70,9 +71,3 @@ def test_low_precision_logits_are_upcast():
     expected = _torch_loss(tf.cast(tf.constant(logits, tf.bfloat16), tf.float32).numpy(),
                            labels, np.ones(7))
     assert float(loss16) == pytest.approx(expected, rel=1e-6)
-
-
-def test_class_weights_from_counts():
-    np.testing.assert_allclose(losses.class_weights_from_counts([10, 5, 2]), [1, 2, 5])
-    with pytest.raises(ValueError, match="no training images"):
-        losses.class_weights_from_counts([10, 0, 2])

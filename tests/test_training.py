@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 import torch
 
+from fer_tf.data.class_weights import paper_class_weights
 from fer_tf import losses, optim, training
 
 CLASSES = 7
@@ -74,7 +75,7 @@ def _torch_state(net):
 
 def _batches(n, batch, dtype="float32", seed=0):
     rng = np.random.default_rng(seed)
-    class_w = losses.class_weights_from_counts(CLASS_COUNTS)
+    class_w = paper_class_weights(CLASS_COUNTS)
     for _ in range(n):
         x = rng.uniform(0, 1, size=(batch, SIZE, SIZE, 3)).astype(dtype)
         y = rng.integers(0, CLASSES, size=batch).astype(np.int32)
@@ -97,7 +98,7 @@ def _train_torch(net, hp, batches, micro_batches, bn_trainable=True):
                            {"params": head, "lr": hp.lr_head}],
                           lr=hp.lr_head, momentum=hp.momentum, weight_decay=hp.weight_decay)
     dtype = net[0].weight.dtype
-    class_w = torch.tensor(losses.class_weights_from_counts(CLASS_COUNTS), dtype=dtype)
+    class_w = torch.tensor(paper_class_weights(CLASS_COUNTS), dtype=dtype)
     # reduction="sum" is sum_i w[y_i] * ce_i; dividing by the whole batch's weight sum
     # makes the accumulated gradient that of CrossEntropyLoss(weight) over the batch.
     criterion = torch.nn.CrossEntropyLoss(weight=class_w, reduction="sum")
@@ -267,7 +268,7 @@ def _loop_data(n_train=40, n_val=24, batch=8, nan=False):
     x = x / 255.0
     if nan:
         x[:] = np.nan
-    w = losses.class_weights_from_counts(np.bincount(y, minlength=CLASSES) + 1)[y]
+    w = paper_class_weights(np.bincount(y, minlength=CLASSES) + 1)[y]
 
     def train_epoch(epoch, skip):
         ds = tf.data.Dataset.from_tensor_slices((x, y, w))
