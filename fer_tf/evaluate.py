@@ -24,14 +24,13 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 from typing import Dict, Optional, Sequence
 
 import numpy as np
 from absl import app, flags, logging
 
-from fer_tf import inference, metrics, temporal
+from fer_tf import atomic, inference, metrics, temporal
 from fer_tf.data import examples, pipeline, sources
 
 REPORT_FILE = "evaluation.json"
@@ -173,20 +172,6 @@ def format_tables(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_bytes(path: str, data: bytes):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _figure_bytes(fig) -> bytes:
     from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
 
@@ -277,23 +262,23 @@ def write_report(result: Dict, output_dir: str, extra: Optional[Dict] = None) ->
     payload["convention"] = CONVENTION
     payload.update(extra or {})
     names = result["class_names"]
-    _atomic_bytes(os.path.join(output_dir, CONFUSION_PNG),
+    atomic.write_bytes(os.path.join(output_dir, CONFUSION_PNG),
                   confusion_png(result["raw"]["confusion_matrix"], names, "raw"))
     if "smoothed" in result:
-        _atomic_bytes(os.path.join(output_dir, CONFUSION_SMOOTHED_PNG),
+        atomic.write_bytes(os.path.join(output_dir, CONFUSION_SMOOTHED_PNG),
                       confusion_png(result["smoothed"]["confusion_matrix"], names,
                                     f"smoothed K={result['smooth_window']}"))
-    _atomic_bytes(os.path.join(output_dir, F1_PNG), f1_bar_png(result))
+    atomic.write_bytes(os.path.join(output_dir, F1_PNG), f1_bar_png(result))
     scored = result["scored"]
     if is_video_source(scored):
         videos = np.asarray(scored.videos)
         for video in np.unique(videos[videos != ""]):
             rows = np.flatnonzero(videos == video)
-            _atomic_bytes(os.path.join(output_dir, PER_VIDEO_DIR, f"{video}.csv"),
+            atomic.write_bytes(os.path.join(output_dir, PER_VIDEO_DIR, f"{video}.csv"),
                           _per_video_csv(rows, names, result["probabilities"],
                                          result["smoothed_probabilities"], scored.labels, scored.frames))
         payload["per_video_dir"] = PER_VIDEO_DIR
-    _atomic_bytes(os.path.join(output_dir, REPORT_FILE),
+    atomic.write_bytes(os.path.join(output_dir, REPORT_FILE),
                   (json.dumps(payload, indent=2) + "\n").encode())
     return payload
 

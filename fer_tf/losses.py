@@ -11,7 +11,6 @@ of the *whole* 256-image batch, so the pieces are exposed separately:
 by the global weight sum.
 """
 
-import numpy as np
 import tensorflow as tf
 
 

@@ -39,7 +39,6 @@ import io
 import os
 import pathlib
 import sys
-import tempfile
 import time
 from typing import List, Optional, Sequence
 
@@ -48,7 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
-from fer_tf import inference, submission, temporal, video as video_lib
+from fer_tf import atomic, inference, submission, temporal, video as video_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -270,22 +269,6 @@ def rows_to_csv(rows: Sequence[FaceRow], class_names: Sequence[str]) -> str:
     return out.getvalue()
 
 
-def write_text_atomic(path, text: str) -> pathlib.Path:
-    """Writes text via a temporary file in the same folder and os.replace."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_annotated_video(path, video_path, prediction: VideoPrediction, class_names,
                           smooth_window: int = 1) -> pathlib.Path:
     """Re-reads the video and writes it with every face's box and label drawn.
@@ -416,7 +399,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
         logging.warning("%d of %d inputs could not be read and were skipped: %s", len(failed),
                         len(images) + len(videos), ", ".join(p for p, _ in failed[:10]))
     if output:
-        outputs.append(write_text_atomic(output, rows_to_csv(rows, names)))
+        outputs.append(atomic.write_text(output, rows_to_csv(rows, names)))
     return {
         "rows": rows,
         "class_names": names,

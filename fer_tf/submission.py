@@ -9,12 +9,11 @@ first (`labels_from_probabilities`).
 
 import os
 import pathlib
-import tempfile
 from typing import Sequence, Union
 
 import numpy as np
 
-from fer_tf import temporal
+from fer_tf import atomic, temporal
 from fer_tf.classes import CLASS_NAMES
 
 
@@ -79,14 +78,5 @@ def write_abaw_submission(
             f"{path}: label {int(labels.max())} is not below the {len(class_names)} classes {list(class_names)}"
         )
     text = ",".join(class_names) + "\n" + "".join(f"{int(v)}\n" for v in labels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.write_text(path, text)
     return path

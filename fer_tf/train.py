@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from fer_tf import training
+from fer_tf import atomic, training
 
 _DEFAULTS = training.TrainConfig()
 
@@ -91,12 +91,7 @@ def flagfile_text() -> str:
 
 def write_flagfile(workdir: str):
     """Writes ``flags.txt`` into the workdir atomically."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "flags.txt")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(flagfile_text())
-    os.replace(tmp, path)
+    atomic.write_text(os.path.join(workdir, "flags.txt"), flagfile_text())
 
 
 def absolutize_paths():

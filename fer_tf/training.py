@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fer_tf import losses
+from fer_tf import atomic, losses
 from fer_tf import metrics as fer_metrics
 from fer_tf import optim
 from fer_tf.classes import CLASS_NAMES
@@ -412,19 +412,14 @@ def summary_image(tag: str, image: np.ndarray, step: int):
 
 
 def write_json_atomic(path: str, payload: Dict):
-    """Writes JSON to ``path`` via a temporary file and os.replace."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Writes JSON to ``path`` atomically (sorted keys)."""
+    atomic.write_json(path, payload, sort_keys=True)
 
 
 def save_model_atomic(model: keras.Model, path: str):
     """Saves a ``.keras`` model via a temporary file and os.replace."""
-    tmp = path[: -len(".keras")] + f".tmp{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic.output_path(path, ".keras") as tmp:
+        model.save(tmp)
 
 
 class _StopRequest:

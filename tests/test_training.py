@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import keras
 import numpy as np
@@ -15,7 +14,7 @@ import tensorflow as tf
 import torch
 
 from fer_tf.data.class_weights import paper_class_weights
-from fer_tf import losses, optim, training
+from fer_tf import optim, training
 
 CLASSES = 7
 SIZE = 8

@@ -5,15 +5,13 @@ error lists all missing, unused and mis-shaped tensors. The output is written to
 a temporary file and renamed, so a failed conversion leaves nothing at `dst`.
 """
 
-import json
 import os
 import re
-import tempfile
 
 import numpy as np
 from absl import logging
 
-from fer_tf import senet
+from fer_tf import atomic, senet
 from weights_conversion import checkpoints, names
 
 INPUT_CONVENTION = "BGR, 0-255, minus VGGFace2 mean (B 91.4953, G 103.8827, R 131.0912)"
@@ -139,27 +137,6 @@ def build_model_for(arrays, input_shape=(224, 224, 3)):
     )
 
 
-def _write_atomically(dst, write):
-    directory = os.path.dirname(os.path.abspath(dst)) or "."
-    os.makedirs(directory, exist_ok=True)
-    suffix = ".weights.h5" if dst.endswith(".weights.h5") else os.path.splitext(dst)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-
-
 def convert(src, dst, fmt="auto", verify=False, verify_tolerance=1e-5):
     """Converts release file `src` into Keras weights `dst` (+ metadata JSON beside it).
 
@@ -214,7 +191,8 @@ def convert(src, dst, fmt="auto", verify=False, verify_tolerance=1e-5):
             raise ConversionError(
                 f"verification failed: relative error {errors} exceeds {verify_tolerance}"
             )
-    _write_atomically(dst, model.save_weights)
-    _write_atomically(senet.metadata_path(dst), lambda tmp: _write_json(tmp, metadata))
+    with atomic.output_path(dst, ".weights.h5") as tmp:
+        model.save_weights(tmp)
+    atomic.write_json(senet.metadata_path(dst), metadata)
     logging.info("Wrote %s and %s", dst, senet.metadata_path(dst))
     return metadata

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from absl import logging
 
-from fer_tf import classes
+from fer_tf import atomic, classes
 from fer_tf.data import examples
 
 LABEL_FILES = (os.path.join("label", "label.lst"), "label.lst")
@@ -192,13 +192,6 @@ def margin_folder(cache_dir, margin: float) -> str:
     return os.path.join(os.fspath(cache_dir), f"margin_{margin:g}")
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{id(data)}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _is_complete(path: str) -> bool:
     # Crops are written atomically, so any non-empty file is a finished crop.
     try:
@@ -229,7 +222,7 @@ def _crop_photo(photo: str, faces: List[Tuple[int, Face, str]], margin: float):
         ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError(f"OpenCV could not encode the crop of {face} from {photo}")
-        _write_atomic(path, encoded.tobytes())
+        atomic.write_bytes(path, encoded.tobytes())
         status[i] = "cropped"
     return status
 

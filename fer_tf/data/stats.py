@@ -9,12 +9,11 @@ Class weights follow the paper: count(majority class) / count(class), from the c
 of the split itself (the paper's Figures 1 and 2 show these distributions).
 """
 
-import json
-import os
 from typing import Optional
 
 from absl import app, flags
 
+from fer_tf import atomic
 from fer_tf.data import examples, sources
 
 FLAGS = flags.FLAGS
@@ -52,12 +51,7 @@ def format_table(stats: dict) -> str:
 
 def write_json(stats: dict, path) -> None:
     """Writes the statistics atomically."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(stats, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, stats)
 
 
 def plot_distribution(stats: dict, path) -> None:
@@ -75,11 +69,9 @@ def plot_distribution(stats: dict, path) -> None:
     ax.set_ylabel("images")
     ax.set_title(f"{stats['dataset']} {stats['split']}: {stats['total']:,} images")
     fig.tight_layout()
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fig.savefig(tmp, format="png", dpi=100)
+    with atomic.output_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run(dataset: str, data_dir, split: str, output_json: Optional[str] = None,

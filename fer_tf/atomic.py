@@ -1,0 +1,55 @@
+"""Atomic file output: write beside the target, then rename over it.
+
+A crash or Ctrl-C mid-write never leaves half a file at the target path: readers
+see the old file or the new one. Every writer of results, checkpoints' companions,
+caches and reports in fer_tf goes through here.
+"""
+
+import contextlib
+import json
+import os
+import uuid
+
+
+@contextlib.contextmanager
+def output_path(path, suffix: str = ".tmp"):
+    """Yields a temporary path in `path`'s folder; renames it to `path` on success.
+
+    Args:
+      path: the final file.
+      suffix: ending of the temporary name (libraries that check extensions, such as
+        Keras' `.keras` / `.weights.h5`, need the real one).
+
+    On an exception the temporary file is removed and the exception propagates.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # A unique name in the same folder (same file system, so os.replace is atomic);
+    # opened by the caller with the process umask, unlike mkstemp's 0600.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_bytes(path, data: bytes) -> str:
+    """Writes `data` to `path` atomically; returns the path."""
+    with output_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return os.fspath(path)
+
+
+def write_text(path, text: str) -> str:
+    """Writes `text` (UTF-8, newlines as given) to `path` atomically; returns the path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, payload, sort_keys: bool = False) -> str:
+    """Writes `payload` as indented JSON (with a final newline) atomically; returns the path."""
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
