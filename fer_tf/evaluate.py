@@ -25,12 +25,12 @@ import io
 import json
 import os
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import numpy as np
 from absl import app, flags, logging
 
-from fer_tf import atomic, inference, metrics, temporal
+from fer_tf import atomic, inference, metrics, plots, temporal
 from fer_tf.data import examples, pipeline, sources
 
 REPORT_FILE = "evaluation.json"
@@ -172,64 +172,6 @@ def format_tables(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def _figure_bytes(fig) -> bytes:
-    from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def confusion_png(cm, class_names: Sequence[str], title: str) -> bytes:
-    """PNG of a confusion matrix: row-normalised colours, counts and row shares written."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-
-    cm = np.asarray(cm, np.float64)
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(6.5, 6), dpi=100)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    return _figure_bytes(fig)
-
-
-def f1_bar_png(result: Dict) -> bytes:
-    """PNG bar chart of per-class F1, raw and (if present) smoothed side by side."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-
-    names = result["class_names"]
-    series = [("raw", result["raw"])]
-    if "smoothed" in result:
-        series.append((f"smoothed K={result['smooth_window']}", result["smoothed"]))
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    width = 0.8 / len(series)
-    x = np.arange(len(names))
-    for k, (label, s) in enumerate(series):
-        ax.bar(x + (k - (len(series) - 1) / 2) * width, [s["per_class_f1"][n] for n in names], width,
-               label=f"{label} (macro F1 {s['f1']:.3f})")
-    ax.set_xticks(x, names, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("F1")
-    ax.legend()
-    fig.tight_layout()
-    return _figure_bytes(fig)
-
-
 def _per_video_csv(rows, names, probs, smoothed, labels, frames) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -263,12 +205,12 @@ def write_report(result: Dict, output_dir: str, extra: Optional[Dict] = None) ->
     payload.update(extra or {})
     names = result["class_names"]
     atomic.write_bytes(os.path.join(output_dir, CONFUSION_PNG),
-                  confusion_png(result["raw"]["confusion_matrix"], names, "raw"))
+                  plots.confusion_png(result["raw"]["confusion_matrix"], names, "raw"))
     if "smoothed" in result:
         atomic.write_bytes(os.path.join(output_dir, CONFUSION_SMOOTHED_PNG),
-                      confusion_png(result["smoothed"]["confusion_matrix"], names,
+                      plots.confusion_png(result["smoothed"]["confusion_matrix"], names,
                                     f"smoothed K={result['smooth_window']}"))
-    atomic.write_bytes(os.path.join(output_dir, F1_PNG), f1_bar_png(result))
+    atomic.write_bytes(os.path.join(output_dir, F1_PNG), plots.f1_bar_png(result))
     scored = result["scored"]
     if is_video_source(scored):
         videos = np.asarray(scored.videos)

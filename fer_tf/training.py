@@ -17,7 +17,6 @@ layer named ``"head"`` (learning rate ``lr_head``; everything else is the backbo
 """
 
 import dataclasses
-import io
 import json
 import os
 import signal
@@ -30,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fer_tf import atomic, losses
+from fer_tf import atomic, losses, plots
 from fer_tf import metrics as fer_metrics
 from fer_tf import optim
 from fer_tf.classes import CLASS_NAMES
@@ -356,30 +355,10 @@ def per_class_table(scores: Dict, class_names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def confusion_matrix_image(cm: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
-    """Renders a row-normalised confusion matrix as a uint8 RGB image [1, H, W, 3]."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=np.float64), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=80)
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return tf.image.decode_png(buffer.getvalue(), channels=3).numpy()[None]
+def confusion_matrix_image(cm: np.ndarray, class_names: Sequence[str], title: str = "") -> np.ndarray:
+    """The evaluation report's confusion-matrix figure as a uint8 RGB image [1, H, W, 3]."""
+    png = plots.confusion_png(cm, class_names, title)
+    return tf.image.decode_png(png, channels=3).numpy()[None]
 
 
 # ---------------------------------------------------------------------------------------
@@ -592,7 +571,8 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
             for name, f1 in zip(class_names, scores["per_class_f1"]):
                 summary_scalar(f"val/f1_{name}", f1, step)
             summary_image("val/confusion_matrix",
-                          confusion_matrix_image(scores["confusion_matrix"], class_names)[0],
+                          confusion_matrix_image(scores["confusion_matrix"], class_names,
+                                                 f"validation, update {step}")[0],
                           step)
         writer.flush()
         state["last_validated"].assign(step)
