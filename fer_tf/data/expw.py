@@ -21,6 +21,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import cv2
 import numpy as np
+import tqdm
 from absl import logging
 
 from fer_tf import atomic, classes
@@ -265,9 +266,14 @@ def read_expw_with_report(
             pool.submit(_crop_photo, os.path.join(image_dir, photo), todo, margin)
             for photo, todo in by_photo.items()
         ]
+        # A progress bar on a terminal; periodic log lines in log files and CI.
+        bar = tqdm.tqdm(total=len(futures), unit="photo", desc="ExpW crops", disable=None)
         for done, future in enumerate(futures, start=1):
             status.update(future.result())
+            bar.update(1)
             now = time.monotonic()
+            if not bar.disable:
+                continue
             if now - last_log >= log_every_seconds or done == len(futures):
                 rate = done / max(now - start, 1e-9)
                 logging.info(
@@ -276,6 +282,7 @@ def read_expw_with_report(
                     (len(futures) - done) / rate,
                 )
                 last_log = now
+        bar.close()
 
     paths, labels = [], []
     missing = set()
