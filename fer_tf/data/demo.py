@@ -22,13 +22,12 @@ idempotent: a marker file is written last, and a complete folder is left alone.
 import json
 import math
 import os
-import tempfile
 
 import cv2
 import numpy as np
 from absl import app, flags, logging
 
-from fer_tf import classes
+from fer_tf import atomic, classes
 
 MARKER = ".demo_complete.json"
 CROP_SIZE = 112
@@ -232,14 +231,6 @@ def _poses(rng, n):
             for t in range(n)]
 
 
-def _write_bytes(path, data: bytes):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def _write_video(out_dir, split_dir, name, labels, crops, ident, rng):
     """Writes one annotation file and the crops for frames where ``crops`` is True."""
     ann = os.path.join(out_dir, "annotations", "EXPR_Set", split_dir, f"{name}.txt")
@@ -257,9 +248,9 @@ def _write_video(out_dir, split_dir, name, labels, crops, ident, rng):
             ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for {name} frame {t + 1}")
-            _write_bytes(os.path.join(crop_dir, f"{t + 1:05d}.jpg"), data.tobytes())
+            atomic.write_bytes(os.path.join(crop_dir, f"{t + 1:05d}.jpg"), data.tobytes())
     text = ",".join(classes.CLASS_NAMES) + "\n" + "".join(f"{int(v)}\n" for v in labels)
-    _write_bytes(ann, text.encode())
+    atomic.write_bytes(ann, text.encode())
 
 
 def write_demo_dataset(out_dir, train_videos: int = 16, val_videos: int = 5,
@@ -332,7 +323,7 @@ def write_demo_dataset(out_dir, train_videos: int = 16, val_videos: int = 5,
         logging.info("demo %s: %d videos, %d labelled crops, %d unannotated, %d without crop",
                      split_dir, len(names), stats["labelled"], stats["unannotated"],
                      stats["no_crop"])
-    _write_bytes(marker, json.dumps(summary, indent=1).encode())  # last: marks completion
+    atomic.write_bytes(marker, json.dumps(summary, indent=1).encode())  # last: marks completion
     return summary
 
 
