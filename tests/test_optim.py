@@ -7,6 +7,7 @@ import tensorflow as tf
 import torch
 
 from fer_tf import losses, optim
+from fer_tf.data.class_weights import paper_class_weights
 
 CLASSES = 7
 FEATURES = 8
@@ -54,7 +55,7 @@ def _run_pair(dtype, hp, steps=6, variant="exact"):
     model = _keras_mlp(dtype)
     net = _torch_twin(model, torch.float64 if dtype == "float64" else torch.float32)
     initial = _weights(model)
-    class_w = losses.class_weights_from_counts([50, 9, 4, 6, 30, 15, 12]).astype(dtype)
+    class_w = paper_class_weights([50, 9, 4, 6, 30, 15, 12]).astype(dtype)
 
     variables = model.trainable_variables
     mask = optim.head_mask(model, variables)
