@@ -86,30 +86,27 @@ class ExpwReport:
         )
 
 
-def find_label_file(root) -> str:
-    """Returns ``<root>/label/label.lst`` (or ``<root>/label.lst``); clear error if absent."""
+def _first_existing(root, names, exists, what, hint) -> str:
     root = os.fspath(root)
-    tried = [os.path.join(root, name) for name in LABEL_FILES]
+    tried = [os.path.join(root, name) for name in names]
     for path in tried:
-        if os.path.isfile(path):
+        if exists(path):
             return path
     raise FileNotFoundError(
-        f"No ExpW label list under {root!r}; expected one of:\n  " + "\n  ".join(tried)
-        + "\nPass the ExpW root that contains 'label/' and 'image/origin/'."
+        f"No ExpW {what} under {root!r}; expected one of:\n  " + "\n  ".join(tried) + "\n" + hint
     )
+
+
+def find_label_file(root) -> str:
+    """Returns ``<root>/label/label.lst`` (or ``<root>/label.lst``); clear error if absent."""
+    return _first_existing(root, LABEL_FILES, os.path.isfile, "label list",
+                           "Pass the ExpW root that contains 'label/' and 'image/origin/'.")
 
 
 def find_image_dir(root) -> str:
     """Returns the folder of full ExpW photos (``image/origin`` after unpacking origin.7z)."""
-    root = os.fspath(root)
-    tried = [os.path.join(root, name) for name in IMAGE_DIRS]
-    for path in tried:
-        if os.path.isdir(path):
-            return path
-    raise FileNotFoundError(
-        f"No ExpW photo folder under {root!r}; expected one of:\n  " + "\n  ".join(tried)
-        + "\nUnpack image/origin.7z so that image/origin/<name>.jpg exist."
-    )
+    return _first_existing(root, IMAGE_DIRS, os.path.isdir, "photo folder",
+                           "Unpack image/origin.7z so that image/origin/<name>.jpg exist.")
 
 
 def parse_label_file(path) -> Tuple[List[Face], int, int]:
