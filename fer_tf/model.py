@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from fer_tf import classes, senet
+from fer_tf.data import augment as augment_lib
 from fer_tf.data import preprocessing
 
 
@@ -50,8 +51,6 @@ class FacePreprocessing(layers.Layer):
         self.seed = seed
         self.augmentation = None
         if augment:
-            from fer_tf.data import augment as augment_lib
-
             self.augmentation = augment_lib.FaceAugmentation(seed=seed, name="augmentation")
 
     def build(self, input_shape):

@@ -56,3 +56,18 @@ def test_unknown_backbone_and_missing_weights_are_clear(tmp_path):
         model_lib.build_expression_model("resnet9000")
     with pytest.raises(FileNotFoundError, match="python -m weights_conversion"):
         model_lib.build_expression_model("tiny", backbone_weights=str(tmp_path / "none.weights.h5"))
+
+
+def test_augmentation_runs_only_in_training_and_survives_save(tmp_path):
+    augmented = model_lib.build_expression_model("tiny", augment=True, seed=3)
+    x = np.random.default_rng(4).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    inference = augmented(x, training=False).numpy()
+    # Inference is the plain preprocessing path: equal to the backbone on preprocessed input.
+    manual = augmented.get_layer("head")(
+        augmented.get_layer("backbone")(preprocessing.preprocess(x, 64))).numpy()
+    np.testing.assert_allclose(inference, manual, rtol=1e-6, atol=1e-6)
+    first, second = (augmented.get_layer("preprocessing")(x, training=True).numpy() for _ in range(2))
+    assert not np.allclose(first, second)  # new random flip/jitter draws per call
+    augmented.save(tmp_path / "aug.keras")
+    reloaded = model_lib.load_expression_model(tmp_path / "aug.keras")
+    np.testing.assert_array_equal(reloaded(x, training=False).numpy(), inference)
