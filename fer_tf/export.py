@@ -32,11 +32,8 @@ import tensorflow as tf
 from absl import logging
 
 from fer_tf import classes
+from fer_tf import model as model_lib
 from fer_tf.data import preprocessing
-
-# Kept equal to fer_tf.training.BEST_MODEL_FILE (tests check it); not imported so that
-# exporting does not depend on the training stack.
-BEST_MODEL_FILE = "best_model.keras"
 
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
@@ -49,49 +46,22 @@ METADATA_FILE = os.path.join("assets.extra", "fer_tf_export.json")
 
 
 def resolve_model_path(path) -> str:
-    """Finds the `.keras` file that PATH refers to.
-
-    Args:
-      path: a training workdir (containing ``best_model.keras``) or a ``.keras`` file.
-
-    Returns:
-      The path of the ``.keras`` file.
+    """Finds the `.keras` file that PATH (a training workdir or a `.keras` file) refers to.
 
     Raises:
       FileNotFoundError: nothing usable at ``path``.
-      ValueError: ``path`` is already an exported SavedModel.
+      ValueError: ``path`` is already an exported SavedModel, or not a `.keras` file.
     """
     path = os.fspath(path)
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise ValueError(
-                f"{path!r} is already an exported SavedModel; pass the training workdir or its "
-                f"{BEST_MODEL_FILE} to --model"
-            )
-        best = os.path.join(path, BEST_MODEL_FILE)
-        if not os.path.isfile(best):
-            raise FileNotFoundError(
-                f"no {BEST_MODEL_FILE} in training workdir {path!r} (training writes it at the "
-                "first validation); pass --model=<workdir> after a validation, or a .keras file"
-            )
-        return best
-    if os.path.isfile(path):
-        if not path.endswith(".keras"):
-            raise ValueError(
-                f"model file {path!r} is not a .keras file; pass a training workdir or the "
-                f"{BEST_MODEL_FILE} that training wrote"
-            )
-        return path
-    raise FileNotFoundError(
-        f"model {path!r} not found: expected a training workdir containing {BEST_MODEL_FILE} "
-        "or a .keras file written by `python -m fer_tf.train`"
-    )
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ValueError(
+            f"{path!r} is already an exported SavedModel; pass the training workdir or its "
+            f"{model_lib.BEST_MODEL_FILE} to --model")
+    return model_lib.resolve_model_file(path)
 
 
 def load_model(path):
     """Loads the Keras model at PATH (a training workdir or a `.keras` file)."""
-    from fer_tf import model as model_lib  # Keras is needed only to export, not to serve.
-
     return model_lib.load_expression_model(resolve_model_path(path))
 
 

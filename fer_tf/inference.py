@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from fer_tf import model as model_lib
 from fer_tf.classes import CLASS_NAMES
 
 # Side of the uint8 crops the training pipeline decodes (fer_tf.training.TrainConfig
@@ -28,7 +29,6 @@ from fer_tf.classes import CLASS_NAMES
 # input size in-graph; giving it crops of this size repeats training's two resizes.
 DEFAULT_INPUT_SIZE = 112
 
-_BEST_MODEL = "best_model.keras"
 _SAVED_MODEL_PB = "saved_model.pb"
 # Files in a training workdir that may record the decode size (first one found wins):
 # the flagfile fer_tf.train writes, then JSON files with an "image_size" entry.
@@ -91,8 +91,6 @@ class Classifier:
 
 
 def _keras_fn(path: str) -> Callable:
-    from fer_tf import model as model_lib  # pylint: disable=import-outside-toplevel
-
     model = model_lib.load_expression_model(path)
 
     # One trace for every batch and crop size: the signature is fully dynamic.
@@ -192,13 +190,14 @@ def load_classifier(path, batch_size: int = 32, input_size: Optional[int] = None
         saved = _saved_model_dir(path)
         if saved is not None:
             fn, kind, path = _saved_model_fn(saved), "saved_model", saved
-        elif os.path.isfile(os.path.join(path, _BEST_MODEL)):
+        elif os.path.isfile(os.path.join(path, model_lib.BEST_MODEL_FILE)):
             if size is None:
                 size = workdir_input_size(path)
-            fn, kind, path = _keras_fn(os.path.join(path, _BEST_MODEL)), "keras", os.path.join(path, _BEST_MODEL)
+            path = model_lib.resolve_model_file(path)
+            fn, kind = _keras_fn(path), "keras"
         else:
             raise FileNotFoundError(
-                f"{path!r} holds neither {_BEST_MODEL} (a training workdir) nor {_SAVED_MODEL_PB} "
+                f"{path!r} holds neither {model_lib.BEST_MODEL_FILE} (a training workdir) nor {_SAVED_MODEL_PB} "
                 "(an exported SavedModel, possibly in a numbered version folder); train with "
                 "`python -m fer_tf.train` or export with `python -m fer_tf.export` first")
     return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size)

@@ -149,6 +149,36 @@ def backbone_variables(model):
     return [v for v in model.trainable_variables if id(v) not in head_ids]
 
 
+# The model training keeps (best validation ABAW score); evaluate, predict and export
+# accept the training workdir in its place.
+BEST_MODEL_FILE = "best_model.keras"
+
+
+def resolve_model_file(path) -> str:
+    """The `.keras` file PATH names: the file itself, or a training workdir's best model.
+
+    Raises:
+      FileNotFoundError: nothing at `path`, or a workdir without a best model yet.
+      ValueError: a file that is not `.keras`.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        best = os.path.join(path, BEST_MODEL_FILE)
+        if not os.path.isfile(best):
+            raise FileNotFoundError(
+                f"no {BEST_MODEL_FILE} in training workdir {path!r} (training writes it at the "
+                "first validation); pass the workdir after a validation, or a .keras file")
+        return best
+    if os.path.isfile(path):
+        if not path.endswith(".keras"):
+            raise ValueError(f"model file {path!r} is not a .keras file; pass a training "
+                             f"workdir or the {BEST_MODEL_FILE} that training wrote")
+        return path
+    raise FileNotFoundError(
+        f"model {path!r} not found: expected a training workdir containing {BEST_MODEL_FILE} "
+        "or a .keras file written by `python -m fer_tf.train`")
+
+
 def load_expression_model(path):
     """Loads a `.keras` model written by training (custom layers registered here)."""
     path = os.fspath(path)

@@ -30,15 +30,16 @@ import tensorflow as tf
 from absl import logging
 
 from fer_tf import atomic, losses, plots
+from fer_tf import model as model_lib
 from fer_tf import metrics as fer_metrics
 from fer_tf import optim
 from fer_tf.classes import CLASS_NAMES
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTIONS = ("none", "mirrored")
-BACKBONES = ("senet50", "small", "tiny")  # fer_tf.model.BACKBONES
+BACKBONES = tuple(model_lib.BACKBONES)
 RESULT_FILE = "result.json"
-BEST_MODEL_FILE = "best_model.keras"
+BEST_MODEL_FILE = model_lib.BEST_MODEL_FILE
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -767,8 +768,6 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
 
 def build_model(config: TrainConfig) -> keras.Model:
     """The expression model of a config (call inside the strategy scope and policy)."""
-    from fer_tf import model as model_lib
-
     return model_lib.build_expression_model(
         backbone=config.backbone,
         backbone_weights=None if config.random_init else config.backbone_weights,

@@ -47,7 +47,7 @@ def trained(tmp_path_factory):
     """A tiny model saved to a .keras file as a training run would, and the model."""
     keras_model = model_lib.build_expression_model("tiny", seed=0)
     workdir = tmp_path_factory.mktemp("workdir")
-    path = workdir / export.BEST_MODEL_FILE
+    path = workdir / model_lib.BEST_MODEL_FILE
     keras_model.save(path)
     return keras_model, path
 
@@ -63,12 +63,6 @@ def exported(trained, tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(exported):
     return export.load_exported(exported)
-
-
-def test_best_model_file_matches_training():
-    from fer_tf import training
-
-    assert export.BEST_MODEL_FILE == training.BEST_MODEL_FILE
 
 
 def test_fresh_process_parity_predict_images(trained, exported, tmp_path):
