@@ -7,9 +7,12 @@ The SavedModel has two signatures, both returning ``probabilities`` float32 [B, 
 ``class_index`` int32 [B] and ``class_name`` string [B] (`fer_tf.classes.CLASS_NAMES`):
 
 - ``serving_default``: ``image_bytes`` string [B], JPEG/PNG/BMP/GIF bytes of any size,
-  gray or colour. Each image is decoded to RGB and resized (bilinear) to the backbone's
-  input size inside the graph.
+  gray or colour.
 - ``predict_images``: ``images`` uint8 [B, H, W, 3] RGB, any H and W.
+
+Both first bring every image to the training run's decode size exactly as training and
+`fer_tf.evaluate` do (`fer_tf.data.pipeline.resize_uint8`: antialiased when shrinking,
+rounded to uint8), so a served image gets the probabilities evaluation gives it.
 
 Decoding, resizing, RGB->BGR and VGGFace2 mean subtraction all happen inside the
 graph, so no client can preprocess differently from training. Loading the export
@@ -31,9 +34,9 @@ from typing import Callable, Dict, Optional, Sequence
 import tensorflow as tf
 from absl import logging
 
-from fer_tf import classes
+from fer_tf import classes, inference
 from fer_tf import model as model_lib
-from fer_tf.data import preprocessing
+from fer_tf.data import pipeline
 
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
@@ -76,16 +79,8 @@ def model_input_size(model) -> int:
         ) from e
 
 
-def _decode(image_bytes, size: int):
-    """One encoded image -> float32 RGB [size, size, 3] in 0..255 (bilinear, as training)."""
-    # channels=3 turns gray into RGB and drops PNG alpha; expand_animations=False keeps
-    # GIFs 3-D (first frame). Bad bytes raise InvalidArgumentError for this request only.
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    # The model's own resize (one function for training, evaluation and export).
-    return preprocessing.resize(image, size)
-
-
-def serving_functions(model, class_names: Sequence[str] = classes.CLASS_NAMES) -> Dict:
+def serving_functions(model, class_names: Sequence[str] = classes.CLASS_NAMES,
+                      decode_size: int = inference.DEFAULT_INPUT_SIZE) -> Dict:
     """The two serving functions, keyed by signature name.
 
     Args:
@@ -101,8 +96,8 @@ def serving_functions(model, class_names: Sequence[str] = classes.CLASS_NAMES) -
         raise ValueError(
             f"model has {num_classes} outputs but {len(class_names)} class names were given"
         )
-    size = model_input_size(model)
     names = tf.constant(list(class_names))
+    decoded = tf.TensorSpec((decode_size, decode_size, 3), tf.uint8)
 
     def outputs(images):
         # An empty request gets empty outputs: the convolutions reject a batch of zero.
@@ -120,16 +115,15 @@ def serving_functions(model, class_names: Sequence[str] = classes.CLASS_NAMES) -
         }
 
     def serve_bytes(image_bytes):
-        # Images differ in size, so each is decoded and resized alone; the model's own
-        # resize is then a no-op because the size already matches.
-        images = tf.map_fn(
-            lambda b: _decode(b, size),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32),
-        )
-        return outputs(images)
+        # Images differ in size, so each is decoded and resized alone, by the pipeline's
+        # own decoder (gray -> RGB, PNG alpha dropped; bad bytes fail this request only).
+        images = tf.map_fn(lambda b: pipeline.decode_image(b, decode_size), image_bytes,
+                           fn_output_signature=decoded)
+        return outputs(tf.cast(images, tf.float32))
 
     def serve_images(images):
+        images = tf.map_fn(lambda image: pipeline.resize_uint8(image, decode_size), images,
+                           fn_output_signature=decoded)
         return outputs(tf.cast(images, tf.float32))
 
     return {
@@ -144,12 +138,13 @@ def serving_functions(model, class_names: Sequence[str] = classes.CLASS_NAMES) -
     }
 
 
-def _metadata(model, class_names, source):
+def _metadata(model, class_names, source, decode_size):
     import keras
 
     return {
         "class_names": list(class_names),
         "model_input_size": model_input_size(model),
+        "decode_size": decode_size,
         "signatures": {
             SERVING_SIGNATURE: {
                 "inputs": {
@@ -165,7 +160,8 @@ def _metadata(model, class_names, source):
             "class_index": "int32 [batch]: argmax of probabilities",
             "class_name": "string [batch]: class_names[class_index]",
         },
-        "preprocessing": "decode to RGB, bilinear resize to model_input_size, RGB->BGR, "
+        "preprocessing": "decode to RGB, resize to decode_size as training did (antialiased "
+        "when shrinking, rounded to uint8), bilinear resize to model_input_size, RGB->BGR, "
         "minus VGGFace2 mean (all in-graph)",
         "source_model": source,
         "tensorflow_version": tf.__version__,
@@ -195,6 +191,7 @@ def export_saved_model(
     overwrite: bool = False,
     class_names: Sequence[str] = classes.CLASS_NAMES,
     source: Optional[str] = None,
+    decode_size: int = inference.DEFAULT_INPUT_SIZE,
 ) -> str:
     """Writes the serving SavedModel of ``model`` to ``export_dir`` atomically.
 
@@ -204,6 +201,7 @@ def export_saved_model(
       overwrite: replace a non-empty ``export_dir``.
       class_names: class names in logit order.
       source: where the model came from (recorded in the metadata JSON).
+      decode_size: the side training decoded its images at (`--image_size`).
 
     Returns:
       The absolute export directory.
@@ -220,7 +218,7 @@ def export_saved_model(
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for name, (fn, signature) in serving_functions(model, class_names).items():
+    for name, (fn, signature) in serving_functions(model, class_names, decode_size).items():
         archive.add_endpoint(name, fn, input_signature=signature)
 
     # Hidden name: TF Serving ignores folders whose name is not a number.
@@ -236,7 +234,7 @@ def export_saved_model(
         meta_path = os.path.join(tmp, METADATA_FILE)
         os.makedirs(os.path.dirname(meta_path), exist_ok=True)
         with open(meta_path, "w") as f:
-            json.dump(_metadata(model, class_names, source), f, indent=2)
+            json.dump(_metadata(model, class_names, source, decode_size), f, indent=2)
             f.write("\n")
         if os.path.isdir(export_dir) and os.listdir(export_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.old", dir=parent)
@@ -256,15 +254,22 @@ def export_saved_model(
     return export_dir
 
 
-def export(model_path, export_dir, overwrite: bool = False) -> str:
-    """Loads a training workdir or `.keras` file and exports it (see `export_saved_model`)."""
+def export(model_path, export_dir, overwrite: bool = False,
+           decode_size: Optional[int] = None) -> str:
+    """Loads a training workdir or `.keras` file and exports it (see `export_saved_model`).
+
+    `decode_size` None takes the training run's `--image_size` from the workdir's
+    flags.txt, else `fer_tf.inference.DEFAULT_INPUT_SIZE` (training's default, 112).
+    """
     source = resolve_model_path(model_path)
+    if decode_size is None:
+        decode_size = (inference.workdir_input_size(os.path.dirname(source))
+                       or inference.DEFAULT_INPUT_SIZE)
     # Check the destination before the (slow) load so a mistake fails at once.
     _check_destination(os.path.abspath(os.fspath(export_dir)), overwrite)
     model = load_model(source)
-    return export_saved_model(
-        model, export_dir, overwrite=overwrite, source=os.path.abspath(source)
-    )
+    return export_saved_model(model, export_dir, overwrite=overwrite,
+                              source=os.path.abspath(source), decode_size=decode_size)
 
 
 @dataclasses.dataclass
@@ -341,6 +346,10 @@ def define_flags(flag_values=None):
     flags.DEFINE_bool(
         "overwrite", False, "Replace a non-empty export_dir.", flag_values=flag_values
     )
+    flags.DEFINE_integer(
+        "decode_size", None, "Side the training run decoded images at (its --image_size); "
+        "default: read from the workdir's flags.txt, else 112.", flag_values=flag_values,
+    )
     return flag_values
 
 
@@ -353,7 +362,8 @@ def main(argv, flag_values):
     if not flag_values.model or not flag_values.export_dir:
         raise app.UsageError("--model and --export_dir are required")
     try:
-        path = export(flag_values.model, flag_values.export_dir, overwrite=flag_values.overwrite)
+        path = export(flag_values.model, flag_values.export_dir, overwrite=flag_values.overwrite,
+                      decode_size=flag_values.decode_size)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"fer_tf.export: error: {e}", file=sys.stderr)
         return 1

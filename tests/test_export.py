@@ -18,16 +18,20 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from fer_tf import classes, export
+from fer_tf import classes, export, inference
+from fer_tf.data import pipeline
 from fer_tf import model as model_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RTOL = 1e-5
+DECODE_SIZE = inference.DEFAULT_INPUT_SIZE  # the fixtures' workdir has no flags.txt
 
 
 def _keras_probabilities(model, images):
-    """softmax(logits) of the Keras model on RGB uint8 images (one size per call)."""
-    logits = model(tf.constant(np.asarray(images, np.float32)), training=False)
+    """softmax(logits) of the Keras model on RGB uint8 images brought to the decode size
+    the way training and evaluation bring them (`pipeline.resize_uint8`)."""
+    images = np.stack([pipeline.resize_uint8(tf.constant(i), DECODE_SIZE).numpy() for i in images])
+    logits = model(tf.constant(images.astype(np.float32)), training=False)
     return tf.nn.softmax(logits, axis=-1).numpy()
 
 
@@ -119,7 +123,7 @@ def test_serving_default_on_real_jpeg_png_and_gray_bytes(trained, loaded, faces_
     keras_model, _ = trained
     jpeg = (faces_dir / "pyfeat_single_face.jpg").read_bytes()  # the real file, 572x562
     photo = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
-    png_pixels = photo[100:164, 200:264]  # exactly the tiny model's 64x64 input size
+    png_pixels = photo[100:164, 200:264]  # 64x64: enlarged to the decode size, no antialias
     png = _encode(png_pixels, "PNG")
     gray = _encode(np.asarray(Image.fromarray(photo).convert("L").resize((48, 48))), "JPEG")
 
@@ -166,6 +170,7 @@ def test_signatures_as_documented(exported):
     metadata = json.loads((pathlib.Path(exported) / export.METADATA_FILE).read_text())
     assert metadata["class_names"] == list(classes.CLASS_NAMES)
     assert metadata["model_input_size"] == model_lib.BACKBONES["tiny"].input_size
+    assert metadata["decode_size"] == DECODE_SIZE
 
 
 def test_malformed_bytes_raise_then_valid_call_works(loaded, faces_dir):
@@ -276,3 +281,19 @@ def test_cli_subprocess_exports(trained, tmp_path):
     out = export.load_exported(export_dir).predict_images(images=tf.constant(images))
     _assert_relative_close(out["probabilities"].numpy(), _keras_probabilities(keras_model, images),
                            "CLI export vs Keras")
+
+
+def test_decode_size_comes_from_the_training_flagfile(trained, tmp_path):
+    keras_model, _ = trained
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    keras_model.save(workdir / model_lib.BEST_MODEL_FILE)
+    (workdir / "flags.txt").write_text("--backbone=tiny\n--image_size=48\n")
+    out = export.export(workdir, tmp_path / "serving" / "1")
+    metadata = json.loads((pathlib.Path(out) / export.METADATA_FILE).read_text())
+    assert metadata["decode_size"] == 48
+    images = np.random.default_rng(5).integers(0, 256, (2, 100, 90, 3), dtype=np.uint8)
+    served = export.load_exported(out).predict_images(images=tf.constant(images))["probabilities"]
+    shrunk = np.stack([pipeline.resize_uint8(tf.constant(i), 48).numpy() for i in images])
+    expected = tf.nn.softmax(keras_model(shrunk.astype(np.float32)), axis=-1).numpy()
+    _assert_relative_close(served.numpy(), expected, "predict_images at decode size 48")
