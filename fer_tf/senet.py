@@ -13,6 +13,8 @@ import os
 import keras
 from keras import layers
 
+from fer_tf.batch_norm import TorchBatchNorm
+
 # PyTorch BatchNorm2d defaults: eps 1e-5 (Keras' 1e-3 costs 6e-3 relative error in
 # the logits), momentum 0.1, which is Keras momentum 0.9.
 BN_EPSILON = 1e-5
@@ -23,7 +25,8 @@ VGGFACE2_CLASSES = 8631
 
 
 def _bn(name):
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+    # TorchBatchNorm: PyTorch's running_var (unbiased) and TF's fused kernel in training.
+    return TorchBatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
 
 
 def _conv(filters, kernel, name, stride=1, use_bias=False, padding="valid"):

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 import torch
 
+from fer_tf.batch_norm import TorchBatchNorm
 from fer_tf.data.class_weights import paper_class_weights
 from fer_tf import optim, training
 
@@ -22,12 +23,12 @@ CLASS_COUNTS = [50, 9, 4, 6, 30, 15, 12]
 
 
 def _convnet(dtype="float32", bn_trainable=True, seed=1):
-    """Conv -> BatchNorm (PyTorch eps/momentum) -> ReLU -> pool -> Dense "head"."""
+    """Conv -> BatchNorm (fer_tf's, as in the SE-ResNet) -> ReLU -> pool -> Dense "head"."""
     keras.utils.set_random_seed(seed)
     # dtype None: layers follow the global dtype policy (mixed precision tests).
     inputs = keras.Input((SIZE, SIZE, 3), dtype=dtype or "float32")
     x = keras.layers.Conv2D(6, 3, use_bias=False, name="conv", dtype=dtype)(inputs)
-    bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn", dtype=dtype)
+    bn = TorchBatchNorm(momentum=0.9, epsilon=1e-5, name="bn", dtype=dtype)
     x = keras.layers.ReLU(dtype=dtype)(bn(x))
     x = keras.layers.GlobalAveragePooling2D(dtype=dtype)(x)
     logits = keras.layers.Dense(CLASSES, name="head", dtype=dtype)(x)
@@ -58,9 +59,9 @@ def _torch_twin(model, dtype):
 
 
 def _keras_state(model):
-    gamma, beta, mean, _ = model.get_layer("bn").get_weights()
+    gamma, beta, mean, variance = model.get_layer("bn").get_weights()
     return {"conv": model.get_layer("conv").get_weights()[0], "gamma": gamma, "beta": beta,
-            "moving_mean": mean, "head_kernel": model.get_layer("head").get_weights()[0],
+            "moving_mean": mean, "moving_variance": variance, "head_kernel": model.get_layer("head").get_weights()[0],
             "head_bias": model.get_layer("head").get_weights()[1]}
 
 
@@ -68,7 +69,8 @@ def _torch_state(net):
     conv, bn, head = net[0], net[1], net[5]
     t = lambda p: p.detach().numpy()
     return {"conv": t(conv.weight).transpose(2, 3, 1, 0), "gamma": t(bn.weight), "beta": t(bn.bias),
-            "moving_mean": t(bn.running_mean), "head_kernel": t(head.weight).T,
+            "moving_mean": t(bn.running_mean), "moving_variance": t(bn.running_var),
+            "head_kernel": t(head.weight).T,
             "head_bias": t(head.bias)}
 
 
@@ -123,10 +125,9 @@ EXACT = optim.SGDHyperParams(lr_head=0.5, lr_backbone=0.5 / 1024, momentum=0.875
 
 def test_full_recipe_with_accumulation_equals_pytorch_float64():
     """6 updates of 4 accumulated micro-batches, BatchNorm in training mode, two groups,
-    coupled L2, class weights: every trainable weight's change and BN's moving mean equal
-    PyTorch's (float64 both sides: 1e-10 relative; binary-fraction lrs/momentum because
-    Keras keeps them in float32). PyTorch's running_var uses the unbiased variance and
-    Keras' the biased one, so moving_variance is not compared."""
+    coupled L2, class weights: every trainable weight's change and BN's moving mean and
+    variance (unbiased, as PyTorch's running_var) equal PyTorch's (float64 both sides:
+    1e-10 relative; binary-fraction lrs/momentum because Keras keeps them in float32)."""
     model = _convnet("float64")
     net = _torch_twin(model, torch.float64)
     before = _keras_state(model)

@@ -8,6 +8,7 @@ a temporary file and renamed, so a failed conversion leaves nothing at `dst`.
 import os
 import re
 
+import keras
 import numpy as np
 from absl import logging
 
@@ -65,7 +66,10 @@ def infer_architecture(arrays):
 
 def _keras_values(layer, module, arrays):
     """The source arrays for one Keras layer, in the layer's weight order (Keras layout)."""
-    kind = type(layer).__name__
+    # By base class: fer_tf's TorchBatchNorm is a BatchNormalization.
+    kind = next((base.__name__ for base in (keras.layers.Conv2D, keras.layers.BatchNormalization,
+                                           keras.layers.Dense) if isinstance(layer, base)),
+                type(layer).__name__)
     if kind == "Conv2D":
         leaves = ["weight"] + (["bias"] if layer.use_bias else [])
     elif kind == "BatchNormalization":
