@@ -1,9 +1,12 @@
 """Face detection on the real photos in ../shared/data/faces, and cropping."""
 
+import cv2
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from fer_tf import faces
+from fer_tf.data import pipeline
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,20 @@ def test_crop_is_square_enlarged_and_padded():
     (crop,) = faces.crop_faces(image, [faces.Box(0, 0, 10, 10, 1.0)], margin=0.5, size=20)
     assert not crop[:5].any() and not crop[:, :5].any()
     np.testing.assert_array_equal(crop[5:, 5:], image[0:15, 0:15])
+
+
+@pytest.mark.parametrize("box_side,size", [(150, 112), (30, 112), (112, 112)])
+def test_crop_equals_training_decode_of_the_same_window(box_side, size):
+    """A predicted face reaches the model as training would decode the same crop saved as
+    a (lossless) PNG: bit-equal, whether the window shrinks, grows or keeps its size."""
+    rng = np.random.default_rng(box_side)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8), (5, 5), 0)
+    box = (120, 80, box_side, box_side)
+    (crop,) = faces.crop_faces(image, [box], margin=0.0, size=size)
+    window = np.ascontiguousarray(image[80:80 + box_side, 120:120 + box_side])
+    png = tf.io.encode_png(tf.constant(window))
+    expected = pipeline.decode_image(png, size).numpy()
+    np.testing.assert_array_equal(crop, expected)
 
 
 def test_crop_resizes_and_handles_no_boxes():
