@@ -8,8 +8,8 @@ that matter here:
   fine-tuned model's inference statistics drift from the paper's;
 - on the TensorFlow backend it normalises with unfused ops (moments, then
   batch_normalization); TensorFlow's fused kernel (``FusedBatchNormV3`` and its
-  gradient) does the same mathematics in one pass over the activations and made the
-  SE-ResNet-50 train step about 8% faster on CPU (``benchmarks/train_step.py``).
+  gradient) does the same mathematics in fewer passes over the activations; on CPU it
+  took ``benchmarks/train_step.py`` (SE-ResNet-50) from 0.94x to 1.10-1.17x PyTorch.
 
 `TorchBatchNorm` keeps Keras' variables, names and inference path (so converted weights,
 saved models and SavedModel exports are unchanged) and replaces the training path.

@@ -61,7 +61,8 @@ def _torch_twin(model, dtype):
 def _keras_state(model):
     gamma, beta, mean, variance = model.get_layer("bn").get_weights()
     return {"conv": model.get_layer("conv").get_weights()[0], "gamma": gamma, "beta": beta,
-            "moving_mean": mean, "moving_variance": variance, "head_kernel": model.get_layer("head").get_weights()[0],
+            "moving_mean": mean, "moving_variance": variance,
+            "head_kernel": model.get_layer("head").get_weights()[0],
             "head_bias": model.get_layer("head").get_weights()[1]}
 
 
