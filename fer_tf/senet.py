@@ -70,6 +70,35 @@ def _ceil_mode_pad(size, kernel=3, stride=2):
     return max((out - 1) * stride + kernel - size, 0)
 
 
+STEMS = ("vggface2", "3x3", "3x3_pool")
+
+
+def _max_pool_ceil(x):
+    # MaxPool2d(3, 2, ceil_mode=True): pad bottom/right, then a valid pool. Zero
+    # padding is exact because the input is post-ReLU (>= 0) and every window keeps
+    # at least one real pixel. A floor-mode pool gives 55x55 instead of 56x56.
+    ph, pw = (_ceil_mode_pad(int(d)) for d in x.shape[1:3])
+    x = layers.ZeroPadding2D(((0, ph), (0, pw)), name="maxpool_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
+
+
+def _stem(inputs, base_width, stem):
+    """conv1 -> bn1 -> relu (-> maxpool): the layers before the first stage."""
+    if stem == "vggface2":
+        # PyTorch pads 3 on every side; Conv2D(padding="same") with stride 2 pads 2 before
+        # and 3 after (6e-2 relative error), so pad explicitly and use a valid conv.
+        x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
+        x = _conv(base_width, 7, "conv1", stride=2)(x)
+    else:
+        # Stride 1 and "same" (1 pixel each side): no detail of a 48-pixel face is lost.
+        x = _conv(base_width, 3, "conv1", padding="same")(inputs)
+    x = _bn("bn1")(x)
+    x = layers.ReLU(name="relu")(x)
+    if stem == "3x3":
+        return x
+    return _max_pool_ceil(x)
+
+
 def se_resnet(
     blocks=SENET50_BLOCKS,
     base_width=64,
@@ -78,6 +107,7 @@ def se_resnet(
     weights=None,
     input_shape=(224, 224, 3),
     name="senet",
+    stem="vggface2",
 ):
     """Builds an SE-ResNet with the VGGFace2 SENet-50 layout.
 
@@ -93,28 +123,27 @@ def se_resnet(
         ``python -m weights_conversion``. Loading into ``include_top=False`` drops fc.
       input_shape: static (H, W, 3). The input is float32, BGR, minus the VGGFace2 mean.
       name: model name.
+      stem: "vggface2" (the release's 7x7 stride-2 conv + 3x3 stride-2 max-pool: a
+        quarter of the input side reaches the first stage) or one of `STEMS`' compact
+        stems for small faces: "3x3" (a 3x3 stride-1 conv, no pool: the full side
+        reaches the first stage, as CIFAR-style ResNets do for 32-48 pixel inputs) and
+        "3x3_pool" (the same conv, then the max-pool: half the side). Only
+        "vggface2" can load the converted VGGFace2 weights.
 
     Returns:
       A ``keras.Model``.
     """
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
     if len(input_shape) != 3 or input_shape[0] is None or input_shape[1] is None:
         raise ValueError(f"input_shape must be a static (H, W, 3), got {input_shape}")
     if weights is not None:
+        if stem != "vggface2":
+            raise ValueError(f"converted VGGFace2 weights fit the 'vggface2' stem only, not {stem!r}")
         return _load_converted(weights, blocks, base_width, include_top, classes, input_shape, name)
 
     inputs = keras.Input(shape=input_shape, name="image")
-    # PyTorch pads 3 on every side; Conv2D(padding="same") with stride 2 pads 2 before
-    # and 3 after (6e-2 relative error), so pad explicitly and use a valid conv.
-    x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
-    x = _conv(base_width, 7, "conv1", stride=2)(x)
-    x = _bn("bn1")(x)
-    x = layers.ReLU(name="relu")(x)
-    # MaxPool2d(3, 2, ceil_mode=True): pad bottom/right, then a valid pool. Zero
-    # padding is exact because the input is post-ReLU (>= 0) and every window keeps
-    # at least one real pixel. A floor-mode pool gives 55x55 instead of 56x56.
-    ph, pw = (_ceil_mode_pad(int(d)) for d in x.shape[1:3])
-    x = layers.ZeroPadding2D(((0, ph), (0, pw)), name="maxpool_pad")(x)
-    x = layers.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
+    x = _stem(inputs, base_width, stem)
     for stage, n in enumerate(blocks):
         width = base_width * 2**stage
         for i in range(n):

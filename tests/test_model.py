@@ -71,3 +71,47 @@ def test_augmentation_runs_only_in_training_and_survives_save(tmp_path):
     augmented.save(tmp_path / "aug.keras")
     reloaded = model_lib.load_expression_model(tmp_path / "aug.keras")
     np.testing.assert_array_equal(reloaded(x, training=False).numpy(), inference)
+
+
+@pytest.mark.parametrize("name, first_stage", [("fer48_w16", 24), ("fer48_s4_w16", 12)])
+def test_fer48_backbones_keep_their_first_stage_resolution(name, first_stage):
+    model = model_lib.build_backbone(name)
+    assert model.input_shape[1:3] == (48, 48)
+    assert model.get_layer("layer1_0_add").output.shape[1:3] == (first_stage, first_stage)
+    assert model.get_layer("layer4_0_add").output.shape[1] == math.ceil(first_stage / 8)
+
+
+def test_compact_stem_refuses_vggface2_weights(tmp_path):
+    from fer_tf import senet  # pylint: disable=import-outside-toplevel
+
+    with pytest.raises(ValueError, match="'vggface2' stem only"):
+        senet.se_resnet((1, 1, 1, 1), 16, weights=str(tmp_path / "w.weights.h5"),
+                        input_shape=(48, 48, 3), stem="3x3")
+    with pytest.raises(ValueError, match="unknown stem"):
+        senet.se_resnet((1, 1, 1, 1), 16, input_shape=(48, 48, 3), stem="5x5")
+
+
+def test_grayscale_model_sees_colour_as_its_gray_version():
+    from fer_tf.data import augment  # pylint: disable=import-outside-toplevel
+
+    model = model_lib.build_expression_model("fer48_w16", grayscale=True)
+    colour_model = model_lib.build_expression_model("fer48_w16", grayscale=False)
+    colour_model.set_weights(model.get_weights())
+    colour = np.random.default_rng(1).uniform(0, 255, (2, 48, 48, 3)).astype(np.float32)
+    gray = np.repeat(augment.rgb_to_grayscale(colour).numpy(), 3, axis=-1)
+    # The gray model on colour = the plain model on the gray image (1e-5: float32 rounding).
+    np.testing.assert_allclose(model(colour).numpy(), colour_model(gray).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert np.abs(colour_model(colour).numpy() - model(colour).numpy()).max() > 1e-4
+
+
+def test_input_contract_travels_in_the_model_file(tmp_path):
+    model = model_lib.build_expression_model(
+        "fer48_w16", decode_size=48, grayscale=True, crop_margin=0.05,
+        class_names=("a", "b", "c", "d", "e", "f", "g"))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    contract = model_lib.input_contract(model_lib.load_expression_model(path))
+    assert contract == model_lib.InputContract(48, True, ("a", "b", "c", "d", "e", "f", "g"), 0.05)
+    old = model_lib.input_contract(model_lib.build_expression_model("tiny"))
+    assert old.decode_size is None and old.crop_margin is None and not old.grayscale
