@@ -30,7 +30,7 @@ from typing import Dict, Optional
 import numpy as np
 from absl import app, flags, logging
 
-from fer_tf import atomic, inference, metrics, plots, temporal
+from fer_tf import atomic, inference, metrics, plots, pretrained, temporal
 from fer_tf.data import examples, pipeline, sources
 
 REPORT_FILE = "evaluation.json"
@@ -58,9 +58,7 @@ def predict_source(classifier, source: examples.LabelledImages, batch_size: int 
       logged and counted) and float32 [len(kept), C] probabilities.
     """
     ok, _ = pipeline.check_image_files(source.paths)
-    kept = examples.LabelledImages(
-        [p for p, k in zip(source.paths, ok) if k], source.labels[ok], source.class_names,
-        [v for v, k in zip(source.videos, ok) if k], source.frames[ok])
+    kept = examples.subset(source, ok)
     if len(kept) == 0:
         raise ValueError(f"no decodable image among the {len(source)} listed")
     # skip_corrupt=False: files were checked above, and a silently dropped element
@@ -225,29 +223,35 @@ def write_report(result: Dict, output_dir: str, extra: Optional[Dict] = None) ->
     return payload
 
 
-def evaluate(model: str, dataset: str, data_dir: str, split: str = "validation",
+def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "validation",
              smooth_window: int = 1, output_dir: Optional[str] = None, batch_size: int = 64,
-             input_size: Optional[int] = None, **source_options) -> Dict:
+             input_size: Optional[int] = None, flip_average: bool = False,
+             **source_options) -> Dict:
     """Loads a model and a split, scores it, prints the tables and writes the report.
 
     Args:
-      model: training workdir, .keras file or exported SavedModel directory.
+      model: None or a shipped model's name (the model inside the package), a training
+        workdir, .keras file or exported SavedModel directory.
       dataset, data_dir, split, **source_options: see `fer_tf.data.sources.load_source`.
       smooth_window: odd smoothing window in frames for video datasets.
       output_dir: where to write the report; None writes nothing.
       batch_size: images per batch.
-      input_size: decode size override (default: the training run's, else 112).
+      input_size: decode size override (default: the model file's own, else the
+        training run's, else 112).
+      flip_average: average each image's probabilities with its mirror image's.
 
     Returns:
       The result of `evaluate_source` plus the run's description.
     """
-    classifier = inference.load_classifier(model, batch_size=batch_size, input_size=input_size)
+    logging.info("fer_tf.evaluate: model %s", pretrained.describe(model))
+    classifier = inference.load_classifier(model, batch_size=batch_size, input_size=input_size,
+                                           flip_average=flip_average)
     source = sources.load_source(dataset, data_dir, split, **source_options)
     logging.info("evaluating %s on %s/%s: %s", classifier, dataset, split, source.summary())
     result = evaluate_source(classifier, source, smooth_window, batch_size)
     print(format_tables(result))
-    extra = {"model": os.fspath(model), "dataset": dataset, "data_dir": os.fspath(data_dir),
-             "split": split, "input_size": classifier.input_size}
+    extra = {"model": classifier.path, "dataset": dataset, "data_dir": os.fspath(data_dir),
+             "split": split, "input_size": classifier.input_size, "flip_average": flip_average}
     result.update(extra)
     if output_dir:
         write_report(result, output_dir)
@@ -259,7 +263,8 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_string("model", None, "Training workdir, .keras file or exported SavedModel dir.")
+    flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
+                        "package), training workdir, .keras file or exported SavedModel dir.")
     flags.DEFINE_string("dataset", None, f"Dataset name: one of {sources.DATASETS}.")
     flags.DEFINE_string("data_dir", None, "Dataset root folder.")
     flags.DEFINE_string("split", "validation", "Split to evaluate.")
@@ -270,7 +275,9 @@ def _define_flags():
     flags.DEFINE_integer("input_size", None, "Decode size of the images (default: the training "
                          "run's image_size, else 112).")
     flags.DEFINE_bool("keep_other", False, "Aff-Wild2 2022+ editions: keep the 8th class 'Other'.")
-    flags.mark_flags_as_required(["model", "dataset", "data_dir"])
+    flags.DEFINE_bool("flip_average", False, "Average each image's probabilities with its "
+                      "mirror image's (test-time augmentation, twice the compute).")
+    flags.mark_flags_as_required(["dataset", "data_dir"])
 
 
 def main(argv):
@@ -278,7 +285,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = {"keep_other": True} if FLAGS.keep_other else {}
     evaluate(FLAGS.model, FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.smooth_window,
-             FLAGS.output_dir, FLAGS.batch_size, FLAGS.input_size, **options)
+             FLAGS.output_dir, FLAGS.batch_size, FLAGS.input_size, FLAGS.flip_average,
+             **options)
 
 
 if __name__ == "__main__":

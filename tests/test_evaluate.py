@@ -10,7 +10,7 @@ import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
 from fer_tf import evaluate, inference, model as model_lib, training
-from fer_tf.data import demo, sources
+from fer_tf.data import demo, examples, sources
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +134,9 @@ def test_reproduces_the_training_runs_validation_numbers(demo_dir, tmp_path):
 
 def test_still_images_real_fer2013_no_smoothing(fer2013_dir, model_file):
     """Gray 48x48 FER2013 files (real data): decoded to RGB, scored, no smoothed report."""
-    full = sources.load_source("fer2013", fer2013_dir, "validation")
+    full = sources.load_source("fer2013", fer2013_dir, "test")
     pick = np.random.default_rng(0).choice(len(full), 40, replace=False)
-    subset = type(full)([full.paths[i] for i in pick], full.labels[pick], full.class_names)
+    subset = examples.subset(full, pick)
     classifier = inference.load_classifier(model_file, batch_size=16)
     result = evaluate.evaluate_source(classifier, subset, smooth_window=5, batch_size=16)
     assert result["num_images"] == 40 and "smoothed" not in result

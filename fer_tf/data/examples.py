@@ -56,6 +56,18 @@ class LabelledImages:
         return f"{len(self)} images ({per_class})"
 
 
+def subset(images: LabelledImages, indices) -> LabelledImages:
+    """The examples at ``indices`` (in that order; a bool mask works too), every field kept."""
+    indices = np.asarray(indices)
+    if indices.dtype == bool:
+        indices = np.flatnonzero(indices)
+    indices = indices.astype(np.int64)
+    return LabelledImages(
+        paths=[images.paths[i] for i in indices], labels=images.labels[indices],
+        class_names=images.class_names, videos=[images.videos[i] for i in indices],
+        frames=images.frames[indices])
+
+
 def merge(*sources: LabelledImages) -> LabelledImages:
     """Concatenates sources that share a label space (e.g. Aff-Wild2 train + ExpW)."""
     if not sources:

@@ -11,8 +11,10 @@ demo           output of ``python -m fer_tf.data.demo``     train, validation
                (Aff-Wild2 layout, read by the same reader)
 expw           ExpW root (label/label.lst, image/origin/)   train (ExpW has no splits; the
                                                             paper trains on all of it)
-fer2013        FER2013 folders (train/, test/)              train; validation and test both
-                                                            read test/ (= PublicTest)
+fer2013        FER2013 folders (train/, test/)              train (train/ minus a seeded,
+                                                            stratified 10%), validation
+                                                            (that 10%), test (test/ =
+                                                            PublicTest), train_all (train/)
 image_folder   ``<root>/<split>/<class>/``                  the split name is the folder
                                                             (validation also tries val/)
 =============  ==========================================  ===============================
@@ -26,7 +28,7 @@ no part knows is an error (a typo must not be silently ignored).
 import os
 from typing import Dict, Union
 
-from fer_tf.data import affwild2, examples, expw, image_folder
+from fer_tf.data import affwild2, examples, expw, holdout, image_folder
 
 # Reader options per dataset name.
 _OPTIONS = {
@@ -44,7 +46,10 @@ _FOLDER_SPLITS = {
     "validation": ("validation", "val", "valid"),
     "test": ("test",),
 }
-_FER2013_SPLITS = {"train": "train", "validation": "test", "test": "test"}
+# FER2013 split -> (folder, part of it). PublicTest is the reported split, so validation
+# (model selection) is carved out of train/ (fer_tf.data.holdout).
+_FER2013_SPLITS = {"train": ("train", "train"), "validation": ("train", "validation"),
+                   "test": ("test", None), "train_all": ("train", None)}
 
 # ExpW crops go here (inside data_dir) unless cache_dir is given.
 EXPW_DEFAULT_CACHE = "fer_tf_crops"
@@ -66,7 +71,9 @@ def _read_one(name: str, data_dir, split: str, options: dict) -> examples.Labell
     if name == "fer2013":
         if split not in _FER2013_SPLITS:
             raise ValueError(f"FER2013 split {split!r} unknown; expected {sorted(_FER2013_SPLITS)}")
-        return image_folder.read_image_folder(data_dir, _FER2013_SPLITS[split], "fer2013")
+        folder, part = _FER2013_SPLITS[split]
+        images = image_folder.read_image_folder(data_dir, folder, "fer2013")
+        return images if part is None else holdout.carve(images, part)
     if name == "image_folder":
         for folder in _FOLDER_SPLITS.get(split, (split,)):
             if os.path.isdir(os.path.join(data_dir, folder)):

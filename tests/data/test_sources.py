@@ -53,9 +53,10 @@ def test_merge_needs_one_dir_per_part(tmp_path):
 def test_fer2013_split_mapping(tmp_path):
     dataset_trees.write_image_folder(tmp_path, "train", {"happy": 2})
     dataset_trees.write_image_folder(tmp_path, "test", {"sad": 3})
-    assert sources.load_source("fer2013", tmp_path, "train").labels.tolist() == [4, 4]
-    for split in ("validation", "test"):
-        assert sources.load_source("fer2013", tmp_path, split).labels.tolist() == [5, 5, 5]
+    assert sources.load_source("fer2013", tmp_path, "train_all").labels.tolist() == [4, 4]
+    assert sources.load_source("fer2013", tmp_path, "test").labels.tolist() == [5, 5, 5]
+    with pytest.raises(ValueError, match="FER2013 split 'val' unknown"):
+        sources.load_source("fer2013", tmp_path, "val")
 
 
 def test_image_folder_split_aliases_and_class_map(tmp_path):
@@ -72,5 +73,5 @@ def test_unknown_dataset_and_option(tmp_path):
         sources.load_source("affwild2", tmp_path, "train", keep_othr=True)
 
 
-def test_real_fer2013_validation_is_public_test(fer2013_dir):
-    assert len(sources.load_source("fer2013", fer2013_dir, "validation")) == 3589
+def test_real_fer2013_test_is_public_test(fer2013_dir):
+    assert len(sources.load_source("fer2013", fer2013_dir, "test")) == 3589
