@@ -198,3 +198,33 @@ def test_missing_source_and_bad_destination(tmp_path):
         convert.convert(tmp_path / "absent.pkl", tmp_path / "o.weights.h5")
     with pytest.raises(ValueError, match=".weights.h5"):
         convert.convert(tmp_path / "absent.pkl", tmp_path / "o.h5")
+
+
+class _RunsAShellCommand:
+    """What a crafted "weights" file pickles: unpickling it would call os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pkl_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    src = tmp_path / "senet50_ft_weight.pkl"
+    src.write_bytes(pickle.dumps({"conv1.weight": _RunsAShellCommand(marker)}, protocol=2))
+    dst = tmp_path / "out.weights.h5"
+    with pytest.raises(checkpoints.UnsafeCheckpointError,
+                       match=r"senet50_ft_weight.pkl: refused: .*(posix|os)\.system"):
+        convert.convert(src, dst)
+    assert not marker.exists() and not dst.exists()
+
+
+def test_crafted_pth_is_refused_by_weights_only_load(tmp_path):
+    marker = tmp_path / "pwned"
+    src = tmp_path / "senet50_ft_dag.pth"
+    torch.save({"conv1.weight": _RunsAShellCommand(marker)}, src)
+    with pytest.raises(checkpoints.NotACheckpointError, match="senet50_ft_dag.pth: torch.load failed"):
+        convert.convert(src, tmp_path / "out.weights.h5")
+    assert not marker.exists()

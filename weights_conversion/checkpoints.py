@@ -1,8 +1,10 @@
 """Reading (and, for tests, writing) the VGGFace2 SENet-50 releases' on-disk formats.
 
 - `pkl`: VGGFace2-pytorch's `senet50_*_weight.pkl`, a Python-2 pickle of
-  {state_dict name: numpy array}. Loaded with plain `pickle` (no torch needed);
-  needs `encoding="latin1"` because the array bytes were pickled as Python-2 `str`.
+  {state_dict name: numpy array}. Loaded with a restricted unpickler (no torch
+  needed) that builds numpy arrays and dicts only: a pickle naming any other global
+  (``os.system`` in a crafted file) is refused before anything runs. Needs
+  `encoding="latin1"` because the array bytes were pickled as Python-2 `str`.
 - `dag`: Oxford pytorch-mcn's `senet50_*_dag.pth`, a `torch.save`d state dict with
   Caffe names, an RGB first conv and a 1x1-conv classifier (needs torch).
 """
@@ -27,6 +29,33 @@ def _is_torch_zip(path) -> bool:
     return zipfile.is_zipfile(path)
 
 
+# The globals a pickled {name: numpy array} dict needs (numpy 1 and 2 module names).
+_ALLOWED_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+    ("_codecs", "encode"),
+})
+
+
+class UnsafeCheckpointError(NotACheckpointError):
+    """The pickle asks for code the weights release never needs; nothing was run."""
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file, encoding="latin1")
+        self._path = path
+
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise UnsafeCheckpointError(
+                f"{self._path}: refused: the pickle asks for {module}.{name}, which a weights "
+                "file never needs (only numpy arrays in a dict); it may be crafted to run code. "
+                "Use the release from its original source")
+        return super().find_class(module, name)
+
+
 def _load_pickle(path):
     with open(path, "rb") as f:
         head = f.read(2)
@@ -37,7 +66,9 @@ def _load_pickle(path):
                 "senet50_*_weight.pkl (VGGFace2-pytorch) or senet50_*_dag.pth (pytorch-mcn)"
             )
         try:
-            return pickle.load(f, encoding="latin1")
+            return _ArraysOnlyUnpickler(f, path).load()
+        except UnsafeCheckpointError:
+            raise
         except Exception as e:  # Truncated files, foreign classes, legacy torch files.
             raise NotACheckpointError(f"{path}: could not unpickle ({type(e).__name__}: {e})") from e
 
