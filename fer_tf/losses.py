@@ -19,8 +19,11 @@ def _loss_dtype(logits):
     return tf.float64 if logits.dtype == tf.float64 else tf.float32
 
 
-def per_example_cross_entropy(labels, logits) -> tf.Tensor:
+def per_example_cross_entropy(labels, logits, label_smoothing: float = 0.0) -> tf.Tensor:
     """Unweighted cross-entropy of each example, from logits, in float32.
+
+    With ``label_smoothing`` e the target is (1 - e) on the label plus e / C on every
+    class (Szegedy et al. 2016; PyTorch's ``label_smoothing`` without class weights).
 
     Args:
       labels: int class indices, shape [B].
@@ -33,11 +36,21 @@ def per_example_cross_entropy(labels, logits) -> tf.Tensor:
     logits = tf.convert_to_tensor(logits)
     logits = tf.cast(logits, _loss_dtype(logits))
     labels = tf.cast(labels, tf.int32)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    if not label_smoothing:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    num_classes = tf.shape(logits)[-1]
+    target = tf.one_hot(labels, num_classes, dtype=logits.dtype)
+    smoothing = tf.cast(label_smoothing, logits.dtype)
+    target = target * (1.0 - smoothing) + smoothing / tf.cast(num_classes, logits.dtype)
+    return tf.nn.softmax_cross_entropy_with_logits(labels=target, logits=logits)
 
 
-def weighted_cross_entropy_sum(labels, logits, weights) -> tf.Tensor:
+def weighted_cross_entropy_sum(labels, logits, weights, label_smoothing: float = 0.0) -> tf.Tensor:
     """Sum over examples of ``weights_i * ce_i`` (float32 scalar), the loss numerator.
+
+    With label smoothing each example's smoothed CE is scaled by its own weight (PyTorch
+    instead weights the smoothing term of each class by that class's weight; the two
+    agree for an unweighted loss).
 
     Args:
       labels: int class indices [B].
@@ -45,15 +58,15 @@ def weighted_cross_entropy_sum(labels, logits, weights) -> tf.Tensor:
       weights: per-example weights [B] (the weight of each example's target class;
         all ones for an unweighted loss).
     """
-    ce = per_example_cross_entropy(labels, logits)
+    ce = per_example_cross_entropy(labels, logits, label_smoothing)
     return tf.reduce_sum(tf.cast(weights, ce.dtype) * ce)
 
 
-def weighted_cross_entropy(labels, logits, weights) -> tf.Tensor:
+def weighted_cross_entropy(labels, logits, weights, label_smoothing: float = 0.0) -> tf.Tensor:
     """PyTorch ``CrossEntropyLoss(weight=w)`` reduction: sum(w_i ce_i) / sum(w_i).
 
     ``weights`` are per-example (``w[labels]`` for a class-weight vector ``w``).
     A batch whose weights sum to zero gives NaN, as in PyTorch.
     """
-    numerator = weighted_cross_entropy_sum(labels, logits, weights)
+    numerator = weighted_cross_entropy_sum(labels, logits, weights, label_smoothing)
     return numerator / tf.reduce_sum(tf.cast(weights, numerator.dtype))

@@ -83,6 +83,33 @@ def head_mask(model: keras.Model, variables: Sequence = None, head_name: str = "
     return [id(v) in head_ids for v in variables]
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(peak: float, kind: str = "constant", total_updates: int = 0,
+                           warmup_updates: int = 0):
+    """The head's learning rate: a constant (the paper) or linear warm-up + cosine to 0.
+
+    Under a schedule, Keras SGD multiplies each update's gradient by that update's rate
+    before the momentum buffer (``v = m v - lr_t g``), PyTorch multiplies the buffer
+    (``w -= lr_t buf``); the two agree for a constant rate, the paper's case.
+
+    Raises:
+      ValueError: unknown kind, or warm-up not shorter than the run.
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"learning-rate schedule must be one of {SCHEDULES}, got {kind!r}")
+    if kind == "constant":
+        return peak
+    if not 0 <= warmup_updates < total_updates:
+        raise ValueError(f"warm-up of {warmup_updates} updates must be >= 0 and shorter than "
+                         f"the run ({total_updates} updates)")
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak if not warmup_updates else peak / warmup_updates,
+        decay_steps=total_updates - warmup_updates, alpha=0.0,
+        warmup_target=peak if warmup_updates else None, warmup_steps=warmup_updates)
+
+
 class PaperSGD:
     """One Keras SGD applying PyTorch's two-group, coupled-L2 SGD update.
 
@@ -91,10 +118,15 @@ class PaperSGD:
     ``loss_scale=True`` it is a ``keras.optimizers.LossScaleOptimizer`` (mixed_float16).
     """
 
-    def __init__(self, hparams: SGDHyperParams = SGDHyperParams(), loss_scale: bool = False):
+    def __init__(self, hparams: SGDHyperParams = SGDHyperParams(), loss_scale: bool = False,
+                 learning_rate=None):
+        """``learning_rate``: the head's rate or a schedule (`learning_rate_schedule`);
+        None is ``hparams.lr_head``. The backbone follows it at ``lr_backbone / lr_head``."""
         hparams.validate()
         self.hparams = hparams
-        sgd = keras.optimizers.SGD(learning_rate=hparams.lr_head, momentum=hparams.momentum)
+        sgd = keras.optimizers.SGD(
+            learning_rate=hparams.lr_head if learning_rate is None else learning_rate,
+            momentum=hparams.momentum)
         self.loss_scale = loss_scale
         self.optimizer = keras.optimizers.LossScaleOptimizer(sgd) if loss_scale else sgd
 
@@ -169,5 +201,7 @@ class PaperSGD:
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
 
     def learning_rates(self):
-        """(lr_head, lr_backbone) for logging."""
-        return self.hparams.lr_head, self.hparams.lr_backbone
+        """(lr_head, lr_backbone) of the next update, for logging."""
+        sgd = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        head = float(keras.ops.convert_to_numpy(sgd.learning_rate))
+        return head, head * self.hparams.lr_backbone / self.hparams.lr_head

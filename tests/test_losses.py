@@ -71,3 +71,16 @@ def test_low_precision_logits_are_upcast():
     expected = _torch_loss(tf.cast(tf.constant(logits, tf.bfloat16), tf.float32).numpy(),
                            labels, np.ones(7))
     assert float(loss16) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+def test_label_smoothing_equals_torch(smoothing):
+    logits, labels = _batch(4)
+    ours = float(losses.weighted_cross_entropy(labels, logits, np.ones(len(labels)),
+                                               label_smoothing=smoothing))
+    fn = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)
+    expected = float(fn(torch.tensor(logits, dtype=torch.float64), torch.tensor(labels)))
+    # float32 computation vs a float64 reference: 1e-6 relative.
+    assert abs(ours - expected) <= 1e-6 * abs(expected)
+    plain = float(losses.weighted_cross_entropy(labels, logits, np.ones(len(labels))))
+    assert abs(ours - plain) > 1e-3

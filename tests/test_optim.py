@@ -151,3 +151,34 @@ def test_head_mask_errors():
         optim.head_mask(model, head_name="classifier")
     with pytest.raises(ValueError, match="lr_head must be > 0"):
         optim.PaperSGD(optim.SGDHyperParams(lr_head=0.0))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    schedule = optim.learning_rate_schedule(0.1, "cosine", total_updates=100, warmup_updates=10)
+    rates = np.array([float(schedule(step)) for step in range(101)])
+    # Linear warm-up from peak/warmup to the peak, then cosine: tolerance 1e-7 (float32).
+    np.testing.assert_allclose(rates[:11], 0.01 + 0.09 * np.arange(11) / 10, atol=1e-7)
+    np.testing.assert_allclose(rates[10:], 0.05 * (1 + np.cos(np.pi * np.arange(91) / 90)),
+                               atol=1e-7)
+    assert optim.learning_rate_schedule(0.1, "constant", 100, 0) == 0.1
+    with pytest.raises(ValueError, match="shorter than the run"):
+        optim.learning_rate_schedule(0.1, "cosine", 10, 10)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        optim.learning_rate_schedule(0.1, "step", 10, 0)
+
+
+def test_scheduled_sgd_follows_the_rate_and_keeps_the_backbone_ratio():
+    head = keras.Variable(np.ones(3, np.float32))
+    body = keras.Variable(np.ones(3, np.float32))
+    schedule = optim.learning_rate_schedule(0.1, "cosine", total_updates=4, warmup_updates=2)
+    sgd = optim.PaperSGD(optim.SGDHyperParams(0.1, 0.01, 0.0, 0.0), learning_rate=schedule)
+    sgd.build([head, body])
+    grads = [tf.ones(3), tf.ones(3)]
+    for step in range(3):
+        before_head, before_body = head.numpy().copy(), body.numpy().copy()
+        lr = float(schedule(step))
+        assert sgd.learning_rates() == pytest.approx((lr, lr / 10), rel=1e-6)
+        sgd.apply(grads, [head, body], [True, False])
+        # Without momentum each update moves by lr_t (head) and lr_t / 10 (backbone).
+        np.testing.assert_allclose(before_head - head.numpy(), lr, rtol=1e-5)
+        np.testing.assert_allclose(before_body - body.numpy(), lr / 10, rtol=1e-5)

@@ -294,13 +294,115 @@ def random_flip_and_jitter(images, seed, brightness=PAPER_BRIGHTNESS, contrast=P
     return color_jitter(images, **params)
 
 
+# RandomErasing (Zhong et al. 2020; torchvision's defaults): the erased share of the
+# image and the aspect ratio of the rectangle.
+ERASING_AREA = (0.02, 0.33)
+ERASING_ASPECT = (0.3, 3.3)
+# The erased rectangle is filled with the VGGFace2 mean colour (RGB, 0..1): zero after
+# the network's mean subtraction, as torchvision's value=0 on normalised images.
+ERASING_FILL_RGB = (131.0912 / 255.0, 103.8827 / 255.0, 91.4953 / 255.0)
+
+
+def affine_warp(images, scale, angle, shift_x, shift_y):
+    """Zooms, rotates and shifts each image about its centre (bilinear; edge pixels repeat).
+
+    Args:
+      images: float [B, H, W, C].
+      scale, angle, shift_x, shift_y: [B] float: zoom factor, angle in radians
+        (positive turns the content clockwise on screen), shift in pixels (positive
+        moves the content right / down).
+
+    Returns:
+      float32 [B, H, W, C].
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    shape = tf.shape(images)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    # Output pixel p samples input A (p - c) + c - t, A = R(angle) / scale.
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    a0, a1, b0, b1 = cos, sin, -sin, cos
+    a2 = cx - a0 * cx - a1 * cy - shift_x
+    b2 = cy - b0 * cx - b1 * cy - shift_y
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=shape[1:3],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+
+
+def random_affine(images, seed, max_shift=0.0, max_scale=0.0, max_rotation=0.0):
+    """Per-image random shift, zoom and rotation about the centre (`affine_warp`).
+
+    Args:
+      images: float [B, H, W, C].
+      seed: int tensor [2].
+      max_shift: largest shift as a fraction of the side (uniform in [-max, max] per axis).
+      max_scale: zoom factor uniform in [1 - max_scale, 1 + max_scale].
+      max_rotation: angle uniform in [-max, max] degrees.
+
+    Returns:
+      float32 [B, H, W, C]; the identity when all three are 0.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    if not (max_shift or max_scale or max_rotation):
+        return images
+    shape = tf.shape(images)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    u = stateless_uniform(seed, tf.stack([shape[0], 4]), stream=4) * 2.0 - 1.0
+    return affine_warp(images, 1.0 + max_scale * u[:, 0],
+                       (max_rotation * 3.141592653589793 / 180.0) * u[:, 1],
+                       max_shift * width * u[:, 2], max_shift * height * u[:, 3])
+
+
+def random_erasing(images, seed, probability=0.0):
+    """RandomErasing: with ``probability`` per image, one random rectangle set to the mean colour.
+
+    The rectangle covers ERASING_AREA of the image with an aspect ratio log-uniform in
+    ERASING_ASPECT (clipped to the image), at a uniform position.
+
+    Args:
+      images: float RGB [B, H, W, 3] in [0, 1].
+      seed: int tensor [2].
+      probability: chance that an image gets a rectangle.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    if not probability:
+        return images
+    shape = tf.shape(images)
+    batch = shape[0]
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    u = stateless_uniform(seed, tf.stack([batch, 5]), stream=5)
+    area = height * width * (ERASING_AREA[0] + (ERASING_AREA[1] - ERASING_AREA[0]) * u[:, 0])
+    log_lo, log_hi = tf.math.log(ERASING_ASPECT[0]), tf.math.log(ERASING_ASPECT[1])
+    aspect = tf.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+    box_h = tf.minimum(tf.round(tf.sqrt(area * aspect)), height)
+    box_w = tf.minimum(tf.round(tf.sqrt(area / aspect)), width)
+    top = tf.floor(u[:, 2] * (height - box_h + 1.0))
+    left = tf.floor(u[:, 3] * (width - box_w + 1.0))
+    rows = tf.range(height)[None, :]
+    cols = tf.range(width)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])  # [B, H]
+    in_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])  # [B, W]
+    erase = (u[:, 4] < probability)[:, None, None] & in_rows[:, :, None] & in_cols[:, None, :]
+    fill = tf.constant(ERASING_FILL_RGB, tf.float32)
+    return tf.where(erase[..., None], fill, images)
+
+
 class FaceAugmentation(keras.layers.Layer):
     """Keras layer: the paper's flip + ColorJitter on RGB 0..255 images, training only.
 
+    Optional extras for small datasets (all off by default, which is the paper's
+    augmentation): a random affine jitter after the flip (`random_affine`: ``shift``,
+    ``scale``, ``rotation``) and RandomErasing after the jitter (``erasing``: its
+    probability).
+
     Inputs are RGB in [0, 255] (uint8 or float, [B, H, W, 3]); outputs float32 in
     [0, 255]. At inference (training falsy) the input passes through (as float32).
-    The random state is a keras SeedGenerator, saved with the model's weights and
-    checkpoints, so a resumed run continues the same random sequence.
+    The random state is a keras SeedGenerator: a `.keras` file stores it, and training
+    checkpoints include it explicitly (`fer_tf.training.random_state_variables`;
+    tf.train.Checkpoint does not find it through the model), so a resumed run continues
+    the same random sequence.
 
     ``jit_compile=True`` compiles the flip + jitter with XLA on its own, for models
     that are not compiled as a whole (e.g. CPU training): about 3x faster on CPU
@@ -310,7 +412,8 @@ class FaceAugmentation(keras.layers.Layer):
 
     def __init__(self, brightness=PAPER_BRIGHTNESS, contrast=PAPER_CONTRAST,
                  saturation=PAPER_SATURATION, hue=PAPER_HUE, flip=True, seed=None,
-                 jit_compile=False, **kwargs):
+                 jit_compile=False, shift=0.0, scale=0.0, rotation=0.0, erasing=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         # Validate now rather than at the first training step.
         _factor_range(brightness, 1.0, "brightness")
@@ -321,6 +424,13 @@ class FaceAugmentation(keras.layers.Layer):
         self.saturation, self.hue, self.flip = saturation, hue, flip
         self.seed = seed
         self.jit_compile = jit_compile
+        for name, value in (("shift", shift), ("scale", scale), ("rotation", rotation),
+                            ("erasing", erasing)):
+            if value < 0:
+                raise ValueError(f"{name}={value} must be non-negative")
+        if erasing > 1:
+            raise ValueError(f"erasing={erasing} is a probability, expected <= 1")
+        self.shift, self.scale, self.rotation, self.erasing = shift, scale, rotation, erasing
         self.seed_generator = keras.random.SeedGenerator(seed)
         self._augment = random_flip_and_jitter
         if jit_compile:
@@ -332,9 +442,19 @@ class FaceAugmentation(keras.layers.Layer):
         if not training:
             return images
         seed = tf.cast(self.seed_generator.next(), tf.int64)
-        out = self._augment(images / 255.0, seed, self.brightness, self.contrast,
-                            self.saturation, self.hue, self.flip)
-        return out * 255.0
+        x = images / 255.0
+        if self.shift or self.scale or self.rotation:
+            # Flip first (its own stream), then the affine jitter, then ColorJitter.
+            if self.flip:
+                x = random_flip(x, seed)
+            x = random_affine(x, seed, self.shift, self.scale, self.rotation)
+            x = self._augment(x, seed, self.brightness, self.contrast, self.saturation,
+                              self.hue, flip=False)
+        else:
+            x = self._augment(x, seed, self.brightness, self.contrast, self.saturation,
+                              self.hue, self.flip)
+        x = random_erasing(x, seed, self.erasing)
+        return x * 255.0
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -343,5 +463,6 @@ class FaceAugmentation(keras.layers.Layer):
         config = super().get_config()
         config.update(brightness=self.brightness, contrast=self.contrast,
                       saturation=self.saturation, hue=self.hue, flip=self.flip, seed=self.seed,
-                      jit_compile=self.jit_compile)
+                      jit_compile=self.jit_compile, shift=self.shift, scale=self.scale,
+                      rotation=self.rotation, erasing=self.erasing)
         return config

@@ -233,3 +233,77 @@ def test_jit_compiled_layer_trains_in_fit_and_matches_the_plain_layer():
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(x, np.arange(8) % 7, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+# ---------------------------------------------------------------- affine jitter, erasing
+
+def _one(value, n=1):
+    return tf.constant([value] * n, tf.float32)
+
+
+def test_affine_warp_quarter_turn_and_integer_shift_are_exact():
+    x = _random_images(n=2, h=9, w=9)
+    # A quarter turn maps the pixel grid onto itself: np.rot90 clockwise (1e-5: cos(pi/2)
+    # is -4e-8 in float32, a sub-pixel offset of that size).
+    turned = augment.affine_warp(x, _one(1.0, 2), _one(np.pi / 2, 2), _one(0.0, 2), _one(0.0, 2))
+    np.testing.assert_allclose(turned.numpy(), np.rot90(x, k=-1, axes=(1, 2)), atol=1e-5)
+    # Shift right by 2, down by 1: edge pixels repeat (exact).
+    shifted = augment.affine_warp(x, _one(1.0, 2), _one(0.0, 2), _one(2.0, 2), _one(1.0, 2)).numpy()
+    expected = np.pad(x, ((0, 0), (1, 0), (2, 0), (0, 0)), mode="edge")[:, :9, :9]
+    np.testing.assert_array_equal(shifted, expected)
+
+
+def test_affine_warp_matches_opencv_warp_affine():
+    import cv2  # pylint: disable=import-outside-toplevel
+
+    x = _random_images(n=2, h=20, w=20)[1:]
+    scale, angle, tx, ty = 1.1, 0.2, 1.5, -2.25
+    out = augment.affine_warp(x, _one(scale), _one(angle), _one(tx), _one(ty)).numpy()[0]
+    c = 9.5
+    a = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]]) / scale
+    # Inverse map (output -> input), as affine_warp defines it.
+    m = np.concatenate([a, (np.array([c, c]) - a @ np.array([c, c]) - [tx, ty])[:, None]], 1)
+    ref = cv2.warpAffine(x[0], m, (20, 20), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    # 2e-2: OpenCV interpolates with 5-bit fixed-point weights (1/32 steps).
+    np.testing.assert_allclose(out, ref, atol=2e-2)
+
+
+def test_random_affine_is_seeded_bounded_and_off_at_zero():
+    x = tf.constant(_random_images(n=8, h=16, w=16))
+    np.testing.assert_array_equal(augment.random_affine(x, tf.constant([1, 2])).numpy(), x.numpy())
+    a = augment.random_affine(x, tf.constant([1, 2]), 0.1, 0.1, 10).numpy()
+    b = augment.random_affine(x, tf.constant([1, 2]), 0.1, 0.1, 10).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - x.numpy()).max() > 0.05
+    assert a.min() >= x.numpy().min() - 1e-6 and a.max() <= x.numpy().max() + 1e-6
+
+
+def test_random_erasing_paints_one_rectangle_of_the_mean_colour():
+    x = tf.constant(_random_images(n=32, h=24, w=24))
+    np.testing.assert_array_equal(augment.random_erasing(x, tf.constant([0, 5])).numpy(), x.numpy())
+    out = augment.random_erasing(x, tf.constant([0, 5]), probability=1.0).numpy()
+    fill = np.array(augment.ERASING_FILL_RGB, np.float32)
+    for image, original in zip(out, x.numpy()):
+        erased = np.all(image != original, axis=-1)
+        rows, cols = np.flatnonzero(erased.any(1)), np.flatnonzero(erased.any(0))
+        assert erased.sum() == len(rows) * len(cols)  # one full rectangle
+        assert np.ptp(rows) + 1 == len(rows) and np.ptp(cols) + 1 == len(cols)
+        np.testing.assert_array_equal(image[erased], np.broadcast_to(fill, image[erased].shape))
+        assert 0.005 <= erased.mean() <= augment.ERASING_AREA[1] + 0.05
+    half = augment.random_erasing(x, tf.constant([0, 6]), probability=0.5).numpy()
+    touched = np.any(half != x.numpy(), axis=(1, 2, 3)).sum()
+    assert 6 <= touched <= 26
+
+
+def test_layer_with_extras_round_trips_its_config_and_rejects_bad_values():
+    layer = augment.FaceAugmentation(seed=1, shift=0.1, scale=0.1, rotation=10, erasing=0.5)
+    clone = augment.FaceAugmentation.from_config(layer.get_config())
+    assert (clone.shift, clone.scale, clone.rotation, clone.erasing) == (0.1, 0.1, 10, 0.5)
+    x = (_random_images(n=4, h=16, w=16) * 255).astype(np.float32)
+    out = layer(x, training=True).numpy()
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 255
+    with pytest.raises(ValueError, match="erasing"):
+        augment.FaceAugmentation(erasing=1.5)
+    with pytest.raises(ValueError, match="shift"):
+        augment.FaceAugmentation(shift=-0.1)
