@@ -175,6 +175,34 @@ def _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches, num_par
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
+class DecodedImages:
+    """A labelled list decoded once into memory (uint8 [N, S, S, 3]), for small datasets.
+
+    Epochs built from it skip reading and decoding; the shuffle permutes the same
+    number of elements with the same seed as the file-list pipeline, so the order of
+    examples is the same as `make_dataset` on the files would give.
+    """
+
+    def __init__(self, images, image_size: int, skip_corrupt: bool = True,
+                 num_parallel_calls=AUTOTUNE):
+        paths = list(images.paths)
+        labels = np.asarray(images.labels, np.int64)
+        if skip_corrupt:
+            ok = _checked_files(paths)
+            paths, labels = [p for p, k in zip(paths, ok) if k], labels[ok]
+        if not paths:
+            raise ValueError(f"no usable images (of {len(images)} listed)")
+        ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths)).map(
+            lambda p: decode_image(tf.io.read_file(p), image_size),
+            num_parallel_calls=num_parallel_calls, deterministic=True)
+        self.pixels = np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
+        self.labels = labels
+        self.image_size = image_size
+
+    def __len__(self):
+        return len(self.labels)
+
+
 def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool = True,
                  seed: int = 0, repeat: bool = False, class_weights=None,
                  drop_remainder: bool = False, augment: bool = False,
@@ -183,7 +211,8 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
     """Batches of (uint8 RGB images, int32 labels, float32 weights) from labelled files.
 
     Args:
-      images: a LabelledImages (fer_tf.data.examples) from any reader.
+      images: a LabelledImages (fer_tf.data.examples) from any reader, or a
+        `DecodedImages` (decoded already: no reading, no decoding, same order).
       batch_size: images per batch.
       image_size: decoded images are resized to image_size x image_size
         (bilinear, antialiased) unless already that size.
@@ -207,6 +236,20 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(images, DecodedImages):
+        if images.image_size != image_size:
+            raise ValueError(f"images were decoded at {images.image_size}, not {image_size}")
+        weights = class_weights_lib.example_weights(images.labels, class_weights)
+        ds = tf.data.Dataset.from_tensor_slices(
+            (images.pixels, tf.constant(images.labels, tf.int32), tf.constant(weights, tf.float32)))
+        if shuffle:
+            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        if skip_batches:
+            ds = ds.skip(int(skip_batches) * batch_size)
+        return _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches,
+                       num_parallel_calls)
     paths = list(images.paths)
     labels = np.asarray(images.labels, np.int64)
     if skip_corrupt:

@@ -179,3 +179,19 @@ def test_real_fer2013_files_decode(fer2013_dir):
     assert x.shape == (8, 112, 112, 3)
     np.testing.assert_array_equal(x[..., 0], x[..., 1])  # gray -> 3 equal channels
     assert x.std() > 10
+
+
+def test_decoded_images_give_the_file_pipelines_batches_in_the_same_order(tmp_path):
+    src = _write_images(tmp_path, n=30, size=40)
+    decoded = pipeline.DecodedImages(src, 32)
+    assert decoded.pixels.shape == (30, 32, 32, 3) and decoded.pixels.dtype == np.uint8
+    weights = np.linspace(0.5, 2.0, 7)
+    for seed, skip in ((0, 0), (5, 2)):
+        options = dict(image_size=32, shuffle=True, seed=seed, class_weights=weights,
+                       drop_remainder=True, skip_batches=skip)
+        files = _all(pipeline.make_dataset(src, 4, **options))
+        memory = _all(pipeline.make_dataset(decoded, 4, **options))
+        for a, b in zip(files, memory):  # pixels, labels, weights: bit-identical
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="decoded at 32, not 48"):
+        pipeline.make_dataset(decoded, 4, image_size=48)
