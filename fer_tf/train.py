@@ -59,6 +59,23 @@ flags.DEFINE_integer("max_updates", _DEFAULTS.max_updates, "Stop after this many
 flags.DEFINE_integer("patience", _DEFAULTS.patience, "Stop after this many validations "
                      "without improvement (0: never).")
 flags.DEFINE_bool("augment", _DEFAULTS.augment, "Random flip + ColorJitter (paper's values).")
+flags.DEFINE_float("aug_shift", _DEFAULTS.aug_shift, "Random shift, as a fraction of the "
+                   "side, after the flip (0: off, the paper).")
+flags.DEFINE_float("aug_scale", _DEFAULTS.aug_scale, "Random zoom 1 +- this (0: off).")
+flags.DEFINE_float("aug_rotation", _DEFAULTS.aug_rotation, "Random rotation +- degrees (0: off).")
+flags.DEFINE_float("aug_erasing", _DEFAULTS.aug_erasing, "RandomErasing probability after "
+                   "ColorJitter (0: off, the paper).")
+flags.DEFINE_float("label_smoothing", _DEFAULTS.label_smoothing, "Label smoothing of the "
+                   "cross-entropy (0: off, the paper).")
+flags.DEFINE_enum("lr_schedule", _DEFAULTS.lr_schedule, ["constant", "cosine"],
+                  "constant (the paper) or linear warm-up + cosine decay to 0 at --max_updates.")
+flags.DEFINE_integer("warmup_updates", _DEFAULTS.warmup_updates, "Warm-up updates of "
+                     "--lr_schedule=cosine.")
+flags.DEFINE_bool("grayscale", _DEFAULTS.grayscale, "The model turns its input gray first "
+                  "(gray training data such as FER2013); stored in the model file.")
+flags.DEFINE_float("crop_margin", _DEFAULTS.crop_margin, "Stored in the model for prediction: "
+                   "share of a detected face box added per side so crops are framed like the "
+                   "training faces.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of initialisation, shuffling, augmentation.")
 flags.DEFINE_enum("precision", _DEFAULTS.precision, list(training.PRECISIONS),
                   "Keras dtype policy; mixed_float16 adds loss scaling.")
@@ -69,6 +86,9 @@ flags.DEFINE_integer("log_every", _DEFAULTS.log_every, "Updates between log line
 flags.DEFINE_integer("eval_batch_size", _DEFAULTS.eval_batch_size, "Validation batch size.")
 flags.DEFINE_integer("max_val_images", _DEFAULTS.max_val_images, "Validate on a fixed random "
                      "subset of this many images (0: all).")
+
+flags.DEFINE_bool("cache_images", _DEFAULTS.cache_images, "Decode the images once into memory "
+                  "(small datasets such as FER2013); same examples and order.")
 
 FLAGS = flags.FLAGS
 CONFIG_FLAGS = tuple(f.name for f in dataclasses.fields(training.TrainConfig)

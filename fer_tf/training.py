@@ -72,6 +72,18 @@ class TrainConfig:
       max_updates: stop after this many updates.
       patience: stop after this many validations without a better ABAW score (0: never).
       augment: random flip + ColorJitter in the model (training=True).
+      aug_shift, aug_scale, aug_rotation: random affine jitter after the flip (largest
+        shift as a fraction of the side, zoom +-, degrees); 0 = off (the paper).
+      aug_erasing: RandomErasing probability after ColorJitter; 0 = off (the paper).
+      label_smoothing: share of the target spread over all classes; 0 = off (the paper).
+      lr_schedule: "constant" (the paper) or "cosine" (linear warm-up over
+        ``warmup_updates``, then cosine to 0 at ``max_updates``).
+      warmup_updates: warm-up length of the cosine schedule.
+      crop_margin: stored in the model for prediction: the share of a detected face box
+        added per side so crops are framed like this dataset's faces (0.2 suits the
+        Aff-Wild2/ExpW crops; FER2013's faces are cropped tighter).
+      grayscale: the model turns its input gray first (for gray training sets such as
+        FER2013, so colour photos look like the training faces); stored in the model.
       seed: seeds initialisation, shuffling (seed + epoch) and augmentation.
       precision: "float32", "mixed_bfloat16" or "mixed_float16" (with loss scaling).
       xla: compile the train step with XLA (single device only).
@@ -79,6 +91,9 @@ class TrainConfig:
       log_every: updates between log lines / training summaries.
       eval_batch_size: images per validation batch.
       max_val_images: validate on at most this many images (0: all).
+      cache_images: decode the training and validation images once into memory
+        (small datasets such as FER2013: about 180 MB at 48x48); same examples and
+        order as reading the files every epoch.
       max_checkpoints: periodic checkpoints kept.
       num_classes: model outputs (7 ABAW classes).
     """
@@ -105,6 +120,15 @@ class TrainConfig:
     max_updates: int = 39200
     patience: int = 3
     augment: bool = True
+    aug_shift: float = 0.0
+    aug_scale: float = 0.0
+    aug_rotation: float = 0.0
+    aug_erasing: float = 0.0
+    label_smoothing: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_updates: int = 0
+    grayscale: bool = False
+    crop_margin: float = 0.2
     seed: int = 0
     precision: str = "float32"
     xla: bool = False
@@ -112,6 +136,7 @@ class TrainConfig:
     log_every: int = 50
     eval_batch_size: int = 256
     max_val_images: int = 0
+    cache_images: bool = False
     max_checkpoints: int = 2
     num_classes: int = 7
 
@@ -169,6 +194,20 @@ class TrainConfig:
                 "VGGFace2 PyTorch release with `python -m weights_conversion --src "
                 f"senet50_ft_weight.pkl --dst {self.backbone_weights}`, or pass --random_init")
         parse_class_weights(self.class_weights, self.num_classes)  # raises on bad syntax
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name in ("aug_shift", "aug_scale", "aug_rotation", "aug_erasing"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0 (0 turns it off), got {getattr(self, name)}")
+        if self.crop_margin < 0:
+            raise ValueError(f"--crop_margin must be >= 0, got {self.crop_margin}")
+        if self.aug_erasing > 1:
+            raise ValueError(f"--aug_erasing is a probability, got {self.aug_erasing}")
+        try:
+            optim.learning_rate_schedule(self.lr_head, self.lr_schedule, self.max_updates,
+                                         self.warmup_updates)
+        except ValueError as e:
+            raise ValueError(f"--lr_schedule/--warmup_updates: {e}") from e
         if num_replicas:
             check_replica_split(self.batch_size, self.micro_batches, num_replicas)
         self.sgd_hparams().validate()
@@ -217,7 +256,8 @@ def _split_micro_batches(x, n):
 
 def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
                     strategy: Optional[tf.distribute.Strategy] = None,
-                    jit_compile: bool = False, head_name: str = "head") -> Callable:
+                    jit_compile: bool = False, head_name: str = "head",
+                    label_smoothing: float = 0.0) -> Callable:
     """Builds the compiled function doing one optimiser update from one global batch.
 
     Each replica receives batch/R images, runs ``micro_batches/R`` micro-batches in a
@@ -236,6 +276,7 @@ def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
       strategy: a tf.distribute strategy (default: none / the current one).
       jit_compile: XLA-compile the step (single replica only).
       head_name: name of the layer trained at ``lr_head``.
+      label_smoothing: see `fer_tf.losses.per_example_cross_entropy` (0: the paper).
 
     Returns:
       ``step(images, labels, weights) -> {"loss": float32, "grad_norm": float32}``;
@@ -272,7 +313,8 @@ def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
             with tf.GradientTape() as tape:
                 logits = model(mb_images[i], training=True)
                 loss = tf.cast(losses.weighted_cross_entropy_sum(
-                    mb_labels[i], logits, mb_weights[i]), loss_dtype) / total_weight
+                    mb_labels[i], logits, mb_weights[i], label_smoothing),
+                    loss_dtype) / total_weight
                 scaled = sgd.scale_loss(loss)
             grads = tape.gradient(scaled, variables,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -481,6 +523,16 @@ def _state_variables():
     }
 
 
+def random_state_variables(model: keras.Model) -> list:
+    """The state variables of every `keras.random.SeedGenerator` inside ``model``."""
+    found = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
+        for value in vars(layer).values():
+            if isinstance(value, keras.random.SeedGenerator):
+                found.append(value.state)
+    return found
+
+
 def _result_payload(state, best_scores, class_names, finished, reason):
     payload = {
         "best_step": int(state["best_step"].numpy()),
@@ -524,10 +576,14 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
     with strategy.scope():
         sgd.build(model.trainable_variables)
     train_step = make_train_step(model, sgd, config.micro_batches, strategy,
-                                 jit_compile=config.xla)
+                                 jit_compile=config.xla, label_smoothing=config.label_smoothing)
     predict_fn = make_predict_fn(model)
     state = _state_variables()
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=sgd.optimizer, **state)
+    # The model's random state (augmentation seed generators): tf.train.Checkpoint does
+    # not reach it through the Keras model, so without this a resumed run would draw
+    # different augmentations than the uninterrupted one.
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=sgd.optimizer,
+                                     random_state=random_state_variables(model), **state)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, CHECKPOINT_DIR),
                                          max_to_keep=config.max_checkpoints)
     if manager.latest_checkpoint:
@@ -549,7 +605,6 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
                 "accuracy": previous["val_accuracy"],
                 "per_class_f1": list(previous["val_per_class_f1"].values()),
                 "num_images": previous.get("val_num_images", 0)}
-    lr_head, lr_backbone = sgd.learning_rates()
 
     def save(reason):
         path = manager.save(checkpoint_number=int(state["step"].numpy()))
@@ -627,7 +682,7 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
                 interval["n"] += 1
                 interval["images"] += config.batch_size
                 if step % config.log_every == 0 or step == config.max_updates:
-                    _log_interval(writer, interval, step, config, lr_head, lr_backbone,
+                    _log_interval(writer, interval, step, config, *sgd.learning_rates(),
                                   epoch, data.images_per_epoch, batches_this_epoch)
                     interval.update(loss=0.0, grad_norm=0.0, n=0, images=0,
                                     start=time.time())
@@ -717,7 +772,7 @@ def make_loop_data(config: TrainConfig) -> LoopData:
     For ``dataset="demo"`` the synthetic demo data is written to ``data_dir`` first
     if it is not there yet.
     """
-    from fer_tf.data import pipeline, sources
+    from fer_tf.data import examples, pipeline, sources
 
     if config.dataset == "demo":
         from fer_tf.data import demo
@@ -735,14 +790,17 @@ def make_loop_data(config: TrainConfig) -> LoopData:
         # A fixed random subset: the same images at every validation and on resume.
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(val_source))[
             : config.max_val_images])
-        val_source = type(val_source)(
-            paths=[val_source.paths[i] for i in keep], labels=val_source.labels[keep],
-            class_names=val_source.class_names,
-            videos=[val_source.videos[i] for i in keep], frames=val_source.frames[keep])
+        val_source = examples.subset(val_source, keep)
     weights = resolve_class_weights(config, train_source.class_counts())
     if weights is not None:
         logging.info("class weights: %s", ", ".join(
             f"{n} {w:.3g}" for n, w in zip(CLASS_NAMES, weights)))
+    if config.cache_images:
+        start = time.time()
+        train_source = pipeline.DecodedImages(train_source, config.image_size)
+        val_source = pipeline.DecodedImages(val_source, config.image_size)
+        logging.info("decoded %d training and %d validation images into memory (%.0fs)",
+                     len(train_source), len(val_source), time.time() - start)
 
     def train_epoch(epoch, skip):
         # A different, reproducible order in each epoch.
@@ -768,10 +826,15 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
 
 def build_model(config: TrainConfig) -> keras.Model:
     """The expression model of a config (call inside the strategy scope and policy)."""
+    options = {"shift": config.aug_shift, "scale": config.aug_scale,
+               "rotation": config.aug_rotation, "erasing": config.aug_erasing}
     return model_lib.build_expression_model(
         backbone=config.backbone,
         backbone_weights=None if config.random_init else config.backbone_weights,
-        num_classes=config.num_classes, augment=config.augment, seed=config.seed)
+        num_classes=config.num_classes, augment=config.augment, seed=config.seed,
+        augment_options={k: v for k, v in options.items() if v},
+        decode_size=config.image_size, grayscale=config.grayscale,
+        class_names=CLASS_NAMES[: config.num_classes], crop_margin=config.crop_margin)
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str,
@@ -799,8 +862,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
     try:
         with strategy.scope():
             model = build_model(config)
+            schedule = optim.learning_rate_schedule(config.lr_head, config.lr_schedule,
+                                                    config.max_updates, config.warmup_updates)
             sgd = optim.PaperSGD(config.sgd_hparams(),
-                                 loss_scale=config.precision == "mixed_float16")
+                                 loss_scale=config.precision == "mixed_float16",
+                                 learning_rate=schedule)
         logging.info("model %s: %d trainable parameters", model.name,
                      sum(int(np.prod(v.shape)) for v in model.trainable_variables))
         return train_loop(model, sgd, data, config, workdir, strategy)
