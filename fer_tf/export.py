@@ -34,7 +34,7 @@ from typing import Callable, Dict, Optional, Sequence
 import tensorflow as tf
 from absl import logging
 
-from fer_tf import classes, inference
+from fer_tf import classes, inference, pretrained
 from fer_tf import model as model_lib
 from fer_tf.data import pipeline
 
@@ -258,17 +258,23 @@ def export(model_path, export_dir, overwrite: bool = False,
            decode_size: Optional[int] = None) -> str:
     """Loads a training workdir or `.keras` file and exports it (see `export_saved_model`).
 
-    `decode_size` None takes the training run's `--image_size` from the workdir's
-    flags.txt, else `fer_tf.inference.DEFAULT_INPUT_SIZE` (training's default, 112).
+    ``model_path`` None or a shipped name ("fer2013") exports the model inside the
+    package. `decode_size` None takes the model file's own, else the training run's
+    `--image_size` from the workdir's flags.txt, else
+    `fer_tf.inference.DEFAULT_INPUT_SIZE` (training's default, 112).
     """
-    source = resolve_model_path(model_path)
-    if decode_size is None:
-        decode_size = (inference.workdir_input_size(os.path.dirname(source))
-                       or inference.DEFAULT_INPUT_SIZE)
+    logging.info("fer_tf.export: model %s", pretrained.describe(model_path))
+    source = resolve_model_path(pretrained.resolve(model_path))
     # Check the destination before the (slow) load so a mistake fails at once.
     _check_destination(os.path.abspath(os.fspath(export_dir)), overwrite)
     model = load_model(source)
+    contract = model_lib.input_contract(model)
+    if decode_size is None:
+        decode_size = (contract.decode_size
+                       or inference.workdir_input_size(os.path.dirname(source))
+                       or inference.DEFAULT_INPUT_SIZE)
     return export_saved_model(model, export_dir, overwrite=overwrite,
+                              class_names=contract.class_names,
                               source=os.path.abspath(source), decode_size=decode_size)
 
 
@@ -336,7 +342,8 @@ def define_flags(flag_values=None):
 
     flag_values = flags.FLAGS if flag_values is None else flag_values
     flags.DEFINE_string(
-        "model", None, "Training workdir (uses its best_model.keras) or a .keras file.",
+        "model", None, "Shipped model name (default: fer2013, inside the package), training "
+        "workdir (uses its best_model.keras) or a .keras file.",
         flag_values=flag_values,
     )
     flags.DEFINE_string(
@@ -348,7 +355,8 @@ def define_flags(flag_values=None):
     )
     flags.DEFINE_integer(
         "decode_size", None, "Side the training run decoded images at (its --image_size); "
-        "default: read from the workdir's flags.txt, else 112.", flag_values=flag_values,
+        "default: the model file's own, else the workdir's flags.txt, else 112.",
+        flag_values=flag_values,
     )
     return flag_values
 
@@ -359,8 +367,8 @@ def main(argv, flag_values):
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flag_values.model or not flag_values.export_dir:
-        raise app.UsageError("--model and --export_dir are required")
+    if not flag_values.export_dir:
+        raise app.UsageError("--export_dir is required")
     try:
         path = export(flag_values.model, flag_values.export_dir, overwrite=flag_values.overwrite,
                       decode_size=flag_values.decode_size)

@@ -37,7 +37,7 @@ class Box(NamedTuple):
     score: float
 
 
-def _as_rgb(image: np.ndarray) -> np.ndarray:
+def as_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image (0..255), got dtype {image.dtype}")
@@ -96,7 +96,7 @@ class FaceDetector:
         )
 
     def _prepare(self, image: np.ndarray) -> np.ndarray:
-        image = _as_rgb(image)
+        image = as_rgb(image)
         if self._scale < 1.0:
             height, width = image.shape[:2]
             size = (max(1, round(width * self._scale)), max(1, round(height * self._scale)))
@@ -128,7 +128,7 @@ class FaceDetector:
           list of `Box(x, y, w, h, score)`, sorted left to right then top to bottom;
           empty when there is no face (not an error).
         """
-        image = _as_rgb(image_rgb)
+        image = as_rgb(image_rgb)
         faces = self._mtcnn.detect_faces(self._prepare(image), **self._kwargs())
         if faces and isinstance(faces[0], list):  # some versions wrap a single image
             faces = faces[0]
@@ -187,7 +187,7 @@ def crop_faces(image: np.ndarray, boxes: Sequence, margin: float = 0.2, size: in
     Returns:
       uint8 [len(boxes), size, size, 3]; parts outside the image are black.
     """
-    image = _as_rgb(image)
+    image = as_rgb(image)
     height, width = image.shape[:2]
     crops = np.zeros((len(boxes), size, size, 3), np.uint8)
     for i, box in enumerate(boxes):

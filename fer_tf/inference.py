@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from fer_tf import model as model_lib
+from fer_tf import pretrained
 from fer_tf.classes import CLASS_NAMES
 
 # Side of the uint8 crops the training pipeline decodes (fer_tf.training.TrainConfig
@@ -46,10 +47,15 @@ class Classifier:
       class_names: the label space of the outputs.
       path: the file or directory the model was loaded from.
       kind: "keras" or "saved_model".
+      crop_margin: share of a detected box to add per side (the model's own, or None
+        when the model does not say).
+      flip_average: average each image's probabilities with its mirror image's
+        (test-time augmentation; twice the compute).
     """
 
     def __init__(self, probabilities_fn: Callable, input_size: int, path: str, kind: str,
-                 batch_size: int = 32, class_names=CLASS_NAMES):
+                 batch_size: int = 32, class_names=CLASS_NAMES, crop_margin: Optional[float] = None,
+                 flip_average: bool = False):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._fn = probabilities_fn
@@ -58,6 +64,8 @@ class Classifier:
         self.kind = kind
         self.batch_size = int(batch_size)
         self.class_names = tuple(class_names)
+        self.crop_margin = crop_margin
+        self.flip_average = bool(flip_average)
 
     def predict_probabilities(self, images) -> np.ndarray:
         """Class probabilities of a batch of images.
@@ -82,15 +90,20 @@ class Classifier:
             return np.zeros((0, len(self.class_names)), np.float32)
         chunks = []
         for start in range(0, images.shape[0], self.batch_size):
-            chunk = tf.constant(images[start:start + self.batch_size])
-            chunks.append(np.asarray(self._fn(chunk), np.float32))
+            chunk = images[start:start + self.batch_size]
+            probs = np.asarray(self._fn(tf.constant(chunk)), np.float32)
+            if self.flip_average:
+                mirrored = np.ascontiguousarray(chunk[:, :, ::-1])
+                probs = (probs + np.asarray(self._fn(tf.constant(mirrored)), np.float32)) / 2
+            chunks.append(probs)
         return np.concatenate(chunks)
 
     def __repr__(self):
         return f"Classifier(kind={self.kind!r}, path={self.path!r}, input_size={self.input_size})"
 
 
-def _keras_fn(path: str) -> Callable:
+def _keras_fn(path: str):
+    """(probabilities function, the model's InputContract)."""
     model = model_lib.load_expression_model(path)
 
     # One trace for every batch and crop size: the signature is fully dynamic.
@@ -99,7 +112,7 @@ def _keras_fn(path: str) -> Callable:
         logits = model(tf.cast(images, tf.float32), training=False)
         return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
-    return probabilities
+    return probabilities, model_lib.input_contract(model)
 
 
 def _saved_model_fn(path: str) -> Callable:
@@ -157,15 +170,19 @@ def workdir_input_size(workdir: str) -> Optional[int]:
     return None
 
 
-def load_classifier(path, batch_size: int = 32, input_size: Optional[int] = None) -> Classifier:
-    """Loads a classifier from a training workdir, a .keras file or a SavedModel.
+def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] = None,
+                    flip_average: bool = False) -> Classifier:
+    """Loads a classifier: the shipped model, a training workdir, a .keras file or a SavedModel.
 
     Args:
-      path: training workdir (with best_model.keras), .keras file, SavedModel
-        directory, or a TF-Serving base directory with numbered versions.
+      path: None or a shipped model's name ("fer2013", `fer_tf.pretrained`) for a
+        model inside the package; a training workdir (with best_model.keras), a .keras
+        file, a SavedModel directory, or a TF-Serving base directory with numbered
+        versions.
       batch_size: images per model call in `predict_probabilities`.
-      input_size: crop side to feed; None takes it from the workdir's config when
-        recorded, else `DEFAULT_INPUT_SIZE` (112, training's default).
+      input_size: crop side to feed; None takes the model file's own decode size,
+        else the workdir's recorded one, else `DEFAULT_INPUT_SIZE` (112).
+      flip_average: average with the mirror image's probabilities.
 
     Returns:
       A `Classifier`.
@@ -175,17 +192,18 @@ def load_classifier(path, batch_size: int = 32, input_size: Optional[int] = None
         looked for).
       ValueError: a SavedModel without the expected signature.
     """
-    path = os.fspath(path)
+    path = pretrained.resolve(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"model {path!r} not found: expected a training workdir, a .keras file or an "
-            "exported SavedModel directory")
-    size = input_size
+            f"model {path!r} not found: expected a shipped model name "
+            f"({', '.join(sorted(pretrained.SHIPPED))}), a training workdir, a .keras file or "
+            "an exported SavedModel directory")
+    size, contract = input_size, None
     if os.path.isfile(path):
         if not path.endswith(".keras"):
             raise ValueError(f"model file {path!r} is not a .keras file; pass a .keras file, a "
                              "training workdir or a SavedModel directory")
-        fn, kind = _keras_fn(path), "keras"
+        (fn, contract), kind = _keras_fn(path), "keras"
     else:
         saved = _saved_model_dir(path)
         if saved is not None:
@@ -194,10 +212,17 @@ def load_classifier(path, batch_size: int = 32, input_size: Optional[int] = None
             if size is None:
                 size = workdir_input_size(path)
             path = model_lib.resolve_model_file(path)
-            fn, kind = _keras_fn(path), "keras"
+            (fn, contract), kind = _keras_fn(path), "keras"
         else:
             raise FileNotFoundError(
                 f"{path!r} holds neither {model_lib.BEST_MODEL_FILE} (a training workdir) nor {_SAVED_MODEL_PB} "
                 "(an exported SavedModel, possibly in a numbered version folder); train with "
                 "`python -m fer_tf.train` or export with `python -m fer_tf.export` first")
-    return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size)
+    if contract is None:
+        return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size,
+                          flip_average=flip_average)
+    if input_size is None and contract.decode_size:
+        size = contract.decode_size
+    return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size,
+                      class_names=contract.class_names, crop_margin=contract.crop_margin,
+                      flip_average=flip_average)

@@ -9,8 +9,10 @@ this one graph, so no caller can preprocess differently.
 import dataclasses
 import math
 import os
+from typing import Optional
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from fer_tf import classes, senet
@@ -25,6 +27,7 @@ class BackboneSpec:
     blocks: tuple
     base_width: int
     input_size: int
+    stem: str = "vggface2"
 
 
 # "senet50" is the paper's network; the others are for CPU demos and tests.
@@ -32,26 +35,49 @@ BACKBONES = {
     "senet50": BackboneSpec(senet.SENET50_BLOCKS, 64, preprocessing.NETWORK_INPUT_SIZE),
     "small": BackboneSpec((1, 1, 1, 1), 32, 112),
     "tiny": BackboneSpec((1, 1, 1, 1), 16, 64),
+    # For 48x48 faces (FER2013's native size): a 3x3 stride-1 stem + max-pool, so the
+    # first stage sees 24x24 instead of the 12x12 the VGGFace2 stem would leave.
+    "fer48_w16": BackboneSpec((1, 1, 1, 1), 16, 48, "3x3_pool"),
+    "fer48_w24": BackboneSpec((1, 1, 1, 1), 24, 48, "3x3_pool"),
+    "fer48_w32": BackboneSpec((1, 1, 1, 1), 32, 48, "3x3_pool"),
+    "fer48_s4_w16": BackboneSpec((1, 1, 1, 1), 16, 48),
+    "fer48_s4_w32x2": BackboneSpec((2, 2, 2, 2), 32, 48),
 }
 
 
 @keras.saving.register_keras_serializable(package="fer_tf")
 class FacePreprocessing(layers.Layer):
-    """Resize -> (training: flip + ColorJitter) -> BGR minus the VGGFace2 mean.
+    """(gray) -> Resize -> (training: augmentation) -> BGR minus the VGGFace2 mean.
 
     The order follows the paper's torchvision pipeline (Resize, RandomHorizontalFlip,
     ColorJitter, then normalisation). Runs in float32 whatever the global policy.
+
+    The layer also carries the model's input contract, so a `.keras` file copied
+    anywhere is used as in its training run: ``decode_size`` (the side the input
+    pipeline resized faces to before the model saw them; crops for prediction are
+    brought to it the same way), ``grayscale`` (the model was trained on gray faces:
+    colour input is turned gray first, torchvision's weights, three equal channels),
+    ``class_names`` (the meaning of the outputs) and ``crop_margin`` (how much of a
+    detector's box to add per side so a crop is framed like the training faces).
     """
 
-    def __init__(self, size=224, augment=False, seed=None, **kwargs):
+    def __init__(self, size=224, augment=False, seed=None, augment_options=None,
+                 decode_size=None, grayscale=False, class_names=None, crop_margin=None,
+                 **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.size = size
         self.augment = augment
         self.seed = seed
+        self.augment_options = dict(augment_options or {})
+        self.decode_size = int(decode_size) if decode_size else None
+        self.grayscale = bool(grayscale)
+        self.class_names = tuple(class_names) if class_names else tuple(classes.CLASS_NAMES)
+        self.crop_margin = None if crop_margin is None else float(crop_margin)
         self.augmentation = None
         if augment:
-            self.augmentation = augment_lib.FaceAugmentation(seed=seed, name="augmentation")
+            self.augmentation = augment_lib.FaceAugmentation(
+                seed=seed, name="augmentation", **self.augment_options)
 
     def build(self, input_shape):
         # The augmentation's random state must exist before the model is saved or traced.
@@ -60,7 +86,10 @@ class FacePreprocessing(layers.Layer):
         self.built = True
 
     def call(self, images, training=False):
-        x = preprocessing.resize(images, self.size)
+        x = tf.cast(images, tf.float32)
+        if self.grayscale:
+            x = tf.tile(augment_lib.rgb_to_grayscale(x), [1, 1, 1, 3])
+        x = preprocessing.resize(x, self.size)
         if self.augmentation is not None and training:
             x = self.augmentation(x, training=True)
         return preprocessing.rgb_to_network_input(x)
@@ -69,7 +98,10 @@ class FacePreprocessing(layers.Layer):
         return (input_shape[0], self.size, self.size, 3)
 
     def get_config(self):
-        return {**super().get_config(), "size": self.size, "augment": self.augment, "seed": self.seed}
+        return {**super().get_config(), "size": self.size, "augment": self.augment,
+                "seed": self.seed, "augment_options": self.augment_options,
+                "decode_size": self.decode_size, "grayscale": self.grayscale,
+                "class_names": list(self.class_names), "crop_margin": self.crop_margin}
 
 
 def _torch_linear_initializers(fan_in):
@@ -98,6 +130,7 @@ def build_backbone(backbone="senet50", backbone_weights=None):
         weights=backbone_weights,
         input_shape=(spec.input_size, spec.input_size, 3),
         name="backbone",
+        stem=spec.stem,
     )
 
 
@@ -107,6 +140,11 @@ def build_expression_model(
     num_classes=classes.NUM_CLASSES,
     augment=False,
     seed=None,
+    augment_options=None,
+    decode_size=None,
+    grayscale=False,
+    class_names=None,
+    crop_margin=None,
 ):
     """Builds the paper's model.
 
@@ -116,6 +154,10 @@ def build_expression_model(
       num_classes: size of the new head (7 ABAW expressions).
       augment: random flip + ColorJitter inside the model when called with training=True.
       seed: augmentation seed.
+      augment_options: extra `FaceAugmentation` arguments (shift, scale, rotation,
+        erasing, ...); None is the paper's flip + ColorJitter.
+      decode_size, grayscale, class_names, crop_margin: the input contract stored in
+        the model (see `FacePreprocessing`).
 
     Returns:
       A `keras.Model` from RGB [0, 255] images (None, None, None, 3) to logits. The
@@ -124,7 +166,10 @@ def build_expression_model(
     trunk = build_backbone(backbone, backbone_weights)
     size = BACKBONES[backbone].input_size
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
-    x = FacePreprocessing(size, augment=augment, seed=seed, name="preprocessing")(images)
+    x = FacePreprocessing(size, augment=augment, seed=seed, augment_options=augment_options,
+                          decode_size=decode_size, grayscale=grayscale,
+                          class_names=class_names or classes.CLASS_NAMES[:num_classes],
+                          crop_margin=crop_margin, name="preprocessing")(images)
     features = trunk(x)
     kernel_init, bias_init = _torch_linear_initializers(features.shape[-1])
     # The head stays float32 under mixed precision: logits feed a float32 loss.
@@ -177,6 +222,30 @@ def resolve_model_file(path) -> str:
     raise FileNotFoundError(
         f"model {path!r} not found: expected a training workdir containing {BEST_MODEL_FILE} "
         "or a .keras file written by `python -m fer_tf.train`")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputContract:
+    """What a caller must know to feed a model: see `FacePreprocessing`.
+
+    ``decode_size`` and ``crop_margin`` are None for files written before the model
+    carried them.
+    """
+
+    decode_size: Optional[int]
+    grayscale: bool
+    class_names: tuple
+    crop_margin: Optional[float]
+
+
+def input_contract(model: keras.Model) -> InputContract:
+    """The input contract stored in a model's preprocessing layer."""
+    try:
+        layer = model.get_layer("preprocessing")
+    except ValueError as e:
+        raise ValueError(f"model {model.name!r} has no 'preprocessing' layer: not a fer_tf "
+                         "expression model") from e
+    return InputContract(layer.decode_size, layer.grayscale, layer.class_names, layer.crop_margin)
 
 
 def load_expression_model(path):

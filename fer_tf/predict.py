@@ -47,7 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
-from fer_tf import atomic, inference, submission, temporal, video as video_lib
+from fer_tf import atomic, inference, pretrained, submission, temporal, video as video_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -331,13 +331,13 @@ def list_inputs(input_path):
 def predict(model, input_path, output: Optional[str] = None, faces: str = "detect",
             smooth_window: int = 1, abaw_submission_dir: Optional[str] = None,
             annotated_video: Optional[str] = None, batch_size: int = 32,
-            margin: float = DEFAULT_MARGIN, min_face_size: int = 20, progress: bool = True,
-            classifier=None, detector=None) -> dict:
+            margin: Optional[float] = None, min_face_size: int = 20, progress: bool = True,
+            classifier=None, detector=None, flip_average: bool = False) -> dict:
     """Runs prediction on an image, a video or a folder and writes the requested outputs.
 
     Args:
-      model: training workdir, .keras file or SavedModel directory (ignored when
-        `classifier` is given).
+      model: None or a shipped model's name (the model inside the package), a training
+        workdir, .keras file or SavedModel directory (ignored when `classifier` is given).
       input_path: image, video or folder (searched recursively).
       output: CSV file to write (atomically); None: no CSV.
       faces: "detect" (MTCNN) or "none" (inputs are face crops).
@@ -345,10 +345,12 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
       abaw_submission_dir: write one ABAW file per video here.
       annotated_video: write the input video (a single video only) with boxes and labels.
       batch_size: frames/images per batch (detection and classification).
-      margin: crop enlargement per side.
+      margin: crop enlargement per side; None: the model's own (stored at training),
+        else DEFAULT_MARGIN.
       min_face_size: smallest face side searched for, in pixels.
       progress: progress bar / log lines for videos.
       classifier, detector: already loaded objects to reuse (optional).
+      flip_average: average each face's probabilities with its mirror image's.
 
     Returns:
       dict(rows, num_images, num_videos, num_faces, failed (list of (path, reason)),
@@ -368,7 +370,11 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     if annotated_video and not (single and videos):
         raise ValueError(f"--annotated_video needs a single video as input, got {input_path}")
     if classifier is None:
-        classifier = inference.load_classifier(model, batch_size=batch_size)
+        logging.info("fer_tf.predict: model %s", pretrained.describe(model))
+        classifier = inference.load_classifier(model, batch_size=batch_size,
+                                               flip_average=flip_average)
+    if margin is None:
+        margin = DEFAULT_MARGIN if classifier.crop_margin is None else classifier.crop_margin
     if detector is None and faces == "detect":
         detector = faces_lib.FaceDetector(min_face_size=min_face_size)
     predictor = FacePredictor(classifier, detector if faces == "detect" else None, margin)
@@ -416,7 +422,8 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    flags.DEFINE_string("model", None, "Training workdir, .keras file or exported SavedModel dir.")
+    flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
+                        "package), training workdir, .keras file or exported SavedModel dir.")
     flags.DEFINE_string("input", None, "Image, video or folder (searched recursively).")
     flags.DEFINE_string("output", None, "CSV file to write; default: CSV on standard output.")
     flags.DEFINE_enum("faces", "detect", FACE_MODES, "detect: find faces with MTCNN; none: inputs "
@@ -426,9 +433,12 @@ def _define_flags():
     flags.DEFINE_string("abaw_submission_dir", None, "Write one ABAW test-format file per video here.")
     flags.DEFINE_string("annotated_video", None, "Write the input video with boxes and labels (mp4).")
     flags.DEFINE_integer("batch_size", 32, "Frames / images per batch.")
-    flags.DEFINE_float("margin", DEFAULT_MARGIN, "Crop enlargement per side, fraction of the box.")
+    flags.DEFINE_float("margin", None, "Crop enlargement per side, fraction of the box "
+                       f"(default: the model's own, else {DEFAULT_MARGIN}).")
+    flags.DEFINE_bool("flip_average", False, "Average each face's probabilities with its "
+                      "mirror image's (test-time augmentation, twice the compute).")
     flags.DEFINE_integer("min_face_size", 20, "Smallest face side (pixels) searched for.")
-    flags.mark_flags_as_required(["model", "input"])
+    flags.mark_flags_as_required(["input"])
 
 
 def main(argv):
@@ -436,7 +446,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     summary = predict(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.faces, FLAGS.smooth_window,
                       FLAGS.abaw_submission_dir, FLAGS.annotated_video, FLAGS.batch_size,
-                      FLAGS.margin, FLAGS.min_face_size)
+                      FLAGS.margin, FLAGS.min_face_size, flip_average=FLAGS.flip_average)
     if not FLAGS.output:
         sys.stdout.write(rows_to_csv(summary["rows"], summary["class_names"]))
     logging.info("%d images, %d videos, %d faces, %d inputs skipped; wrote %s", summary["num_images"],

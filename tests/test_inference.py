@@ -89,3 +89,47 @@ def test_bad_paths_and_inputs(tiny_model_file, tmp_path):
     classifier = inference.load_classifier(tiny_model_file[0])
     with pytest.raises(ValueError, match="uint8"):
         classifier.predict_probabilities(np.zeros((1, 8, 8, 3), np.float32))
+
+
+@pytest.fixture(scope="module")
+def contract_model_file(tmp_path_factory):
+    keras.utils.set_random_seed(4)
+    model = model_lib.build_expression_model("fer48_w16", decode_size=48, grayscale=True,
+                                             crop_margin=0.0)
+    path = tmp_path_factory.mktemp("contract") / "fer48.keras"
+    model.save(path)
+    return path, model
+
+
+def test_a_copied_model_file_keeps_its_contract_and_probabilities(contract_model_file, tmp_path):
+    import shutil  # pylint: disable=import-outside-toplevel
+
+    path, _ = contract_model_file
+    copy = tmp_path / "elsewhere" / "copy.keras"
+    copy.parent.mkdir()
+    shutil.copy(path, copy)
+    original, copied = inference.load_classifier(path), inference.load_classifier(copy)
+    for classifier in (original, copied):
+        assert classifier.input_size == 48 and classifier.crop_margin == 0.0
+        assert classifier.class_names == ("Neutral", "Anger", "Disgust", "Fear", "Happiness",
+                                          "Sadness", "Surprise")
+    images = _images(5, size=48)
+    np.testing.assert_array_equal(original.predict_probabilities(images),
+                                  copied.predict_probabilities(images))
+    # An explicit input_size still wins over the file's.
+    assert inference.load_classifier(copy, input_size=64).input_size == 64
+
+
+def test_flip_average_is_the_mean_of_image_and_mirror(contract_model_file):
+    path, model = contract_model_file
+    images = _images(4, size=48, seed=3)
+    averaged = inference.load_classifier(path, flip_average=True).predict_probabilities(images)
+    expected = (_reference(model, images) + _reference(model, images[:, :, ::-1])) / 2
+    np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
+    plain = inference.load_classifier(path).predict_probabilities(images)
+    assert np.abs(plain - averaged).max() > 1e-6
+
+
+def test_unknown_shipped_name_is_a_plain_path_error():
+    with pytest.raises(FileNotFoundError, match="shipped model name"):
+        inference.load_classifier("fer2014")

