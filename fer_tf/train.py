@@ -125,6 +125,38 @@ def absolutize_paths():
                                          for p in FLAGS[name].value.split(","))
 
 
+def recorded_flags(workdir: str) -> dict:
+    """name -> value of the flags.txt in ``workdir`` (empty if there is none)."""
+    path = os.path.join(workdir, "flags.txt")
+    if not os.path.isfile(path):
+        return {}
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--no") and "=" not in line:
+                values[line[4:]] = "False"
+            elif line.startswith("--") and "=" in line:
+                name, _, value = line[2:].partition("=")
+                values[name] = value
+            elif line.startswith("--"):
+                values[line[2:]] = "True"
+    return values
+
+
+def check_resume(config: training.TrainConfig):
+    """Refuses to resume a workdir's checkpoint with settings that change its meaning."""
+    checkpoints = os.path.join(FLAGS.workdir, training.CHECKPOINT_DIR)
+    if not (os.path.isdir(checkpoints) and os.listdir(checkpoints)):
+        return
+    conflicts = training.resume_conflicts(recorded_flags(FLAGS.workdir), config)
+    if conflicts:
+        raise app.UsageError(
+            f"--workdir={FLAGS.workdir} holds a checkpoint of a different run: "
+            f"{'; '.join(conflicts)}. Pass those values to resume it, or a new --workdir "
+            "to start another run")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
@@ -136,6 +168,7 @@ def main(argv):
         config.validate()
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from e
+    check_resume(config)
     write_flagfile(FLAGS.workdir)
     try:
         result = training.train_and_evaluate(config, FLAGS.workdir)

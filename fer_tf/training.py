@@ -213,6 +213,34 @@ class TrainConfig:
         self.sgd_hparams().validate()
 
 
+# Settings that give a checkpoint (or its data position) its meaning: resuming with a
+# different value would silently reinterpret it, or fail deep inside restore.
+RESUME_CRITICAL = ("dataset", "data_dir", "train_split", "image_size", "backbone",
+                   "batch_size", "micro_batches", "seed", "num_classes")
+
+
+def resume_conflicts(previous: Dict[str, str], config: TrainConfig) -> list:
+    """The critical settings where ``config`` differs from a workdir's recorded flags.
+
+    Args:
+      previous: flag name -> value as written in the workdir's flags.txt.
+      config: the new run's settings.
+
+    Returns:
+      one "--name=new (the checkpoint's run used old)" string per conflict.
+    """
+    conflicts = []
+    for name in RESUME_CRITICAL:
+        if name not in previous:
+            continue
+        new = getattr(config, name)
+        old = previous[name]
+        if str(new) != old and not (isinstance(new, int) and old.lstrip("-").isdigit()
+                                    and int(old) == new):
+            conflicts.append(f"--{name}={new} (the checkpoint's run used {old})")
+    return conflicts
+
+
 def check_replica_split(batch_size: int, micro_batches: int, num_replicas: int):
     """Raises ValueError unless every replica gets whole micro-batches of equal size."""
     if micro_batches % num_replicas:

@@ -152,3 +152,22 @@ def test_benchmark_cpu_paths_run(script, extra):
     assert lines[-1].startswith("ratio fer_tf / pytorch: ")
     assert float(lines[-1].split(":")[1]) > 0
     assert any(l.startswith("fer_tf") for l in lines) and any(l.startswith("pytorch") for l in lines)
+
+
+def test_resume_refuses_changed_critical_flags_and_allows_harmless_ones(tmp_path):
+    from absl import app  # pylint: disable=import-outside-toplevel
+
+    with flagsaver.flagsaver(workdir=str(tmp_path), batch_size=64, backbone="tiny",
+                             max_updates=100, augment=True):
+        train.write_flagfile(str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint").write_text("model_checkpoint_path: 'ckpt-5'\n")
+    with flagsaver.flagsaver(workdir=str(tmp_path), batch_size=32, backbone="small",
+                             max_updates=100, augment=True):
+        with pytest.raises(app.UsageError, match=r"--backbone=small \(the checkpoint's run used "
+                           r"tiny\); --batch_size=32 \(the checkpoint's run used 64\)"):
+            train.check_resume(train.config_from_flags())
+    with flagsaver.flagsaver(workdir=str(tmp_path), batch_size=64, backbone="tiny",
+                             max_updates=500, log_every=7, augment=True):
+        train.check_resume(train.config_from_flags())  # longer run, other logging: fine
+    assert train.recorded_flags(str(tmp_path))["augment"] == "True"

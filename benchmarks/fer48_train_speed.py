@@ -1,0 +1,76 @@
+"""Training speed of the FER2013 backbones on this CPU: oneDNN on/off, float32/bfloat16.
+
+Each setting runs in its own process (TF reads TF_ENABLE_ONEDNN_OPTS at import), one
+after another in one run: a built expression model with the FER2013 augmentation,
+`fer_tf.training.make_train_step`, batch `--batch` of 48x48 uint8 images, `--steps`
+timed steps after 3 warm-up steps. Prints images/s per setting, then ratio lines:
+oneDNN on / off (float32) and bfloat16 / float32 (oneDNN on), per backbone.
+
+    python benchmarks/fer48_train_speed.py [--backbones=fer48_w16,fer48_w32] [--steps=10]
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("backbones", ["fer48_w16", "fer48_w24", "fer48_w32", "fer48_s4_w16"],
+                  "Backbones of fer_tf.model.BACKBONES to time.")
+flags.DEFINE_integer("batch", 128, "Images per train step.")
+flags.DEFINE_integer("steps", 10, "Timed steps per setting.")
+flags.DEFINE_bool("bfloat16", True, "Also time --precision=mixed_bfloat16 (oneDNN on).")
+
+_CHILD = r"""
+import json, sys, time
+import keras, numpy as np, tensorflow as tf
+from fer_tf import model as model_lib, optim, training
+backbone, precision, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+keras.config.set_dtype_policy(precision)
+model = model_lib.build_expression_model(backbone, augment=True, seed=0, augment_options=dict(
+    shift=0.1, scale=0.1, rotation=10, erasing=0.5), grayscale=True)
+sgd = optim.PaperSGD(optim.SGDHyperParams(0.1, 0.1, 0.9, 5e-4))
+sgd.build(model.trainable_variables)
+step = training.make_train_step(model, sgd, 1, label_smoothing=0.1)
+rng = np.random.default_rng(0)
+x = tf.constant(rng.integers(0, 256, (batch, 48, 48, 3), dtype=np.uint8))
+y = tf.constant(rng.integers(0, 7, batch).astype("int32"))
+w = tf.ones(batch)
+for _ in range(3):
+    float(step(x, y, w)["loss"])
+start = time.perf_counter()
+for _ in range(steps):
+    float(step(x, y, w)["loss"])
+print(json.dumps({"images_per_second": steps * batch / (time.perf_counter() - start)}))
+"""
+
+
+def _time(backbone, precision, onednn):
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1" if onednn else "0", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", _CHILD, backbone, precision, str(FLAGS.batch),
+                          str(FLAGS.steps)], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_second"]
+
+
+def main(argv):
+    del argv
+    settings = [("float32", False), ("float32", True)]
+    if FLAGS.bfloat16:
+        settings.append(("mixed_bfloat16", True))
+    print(f"train step, batch {FLAGS.batch} at 48x48, augmentation on, {os.cpu_count()} CPUs")
+    print(f"{'backbone':<16}" + "".join(f"{p + (' oneDNN' if o else ' Eigen'):>24}" for p, o in settings))
+    rates = {}
+    for backbone in FLAGS.backbones:
+        rates[backbone] = [_time(backbone, p, o) for p, o in settings]
+        print(f"{backbone:<16}" + "".join(f"{r:>20.0f} i/s" for r in rates[backbone]), flush=True)
+    for backbone, r in rates.items():
+        line = f"ratio {backbone}: oneDNN / Eigen (float32) {r[1] / r[0]:.2f}"
+        if FLAGS.bfloat16:
+            line += f", bfloat16 / float32 (oneDNN) {r[2] / r[1]:.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    app.run(main)
