@@ -53,3 +53,36 @@ def write_text(path, text: str) -> str:
 def write_json(path, payload, sort_keys: bool = False) -> str:
     """Writes `payload` as indented JSON (with a final newline) atomically; returns the path."""
     return write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def check_output(path, inputs=(), overwrite: bool = False, flag: str = "--output") -> str:
+    """Checks, before any work, that ``path`` may be written; returns it absolute.
+
+    The rule every command follows: an output is never one of the command's inputs (or
+    inside an input folder's files), an existing file is replaced only with
+    ``--overwrite``, and the folder it goes into must exist or be creatable and be
+    writable.
+
+    Raises:
+      ValueError: ``path`` is an input, or a folder where a file is expected.
+      FileExistsError: ``path`` exists and ``overwrite`` is False.
+      PermissionError: its folder cannot be written.
+    """
+    target = os.path.realpath(os.fspath(path))
+    for item in inputs:
+        if item is not None and os.path.realpath(os.fspath(item)) == target:
+            raise ValueError(f"{flag}={path} is also an input of this command; "
+                             "write the output to another file")
+    if os.path.isdir(target):
+        raise ValueError(f"{flag}={path} is a folder; expected a file path")
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"{flag}={path} exists; pass --overwrite to replace it, or "
+                              "choose a new file")
+    existing = os.path.dirname(target)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag}={path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag}={path}: cannot write into {existing}")
+    return target

@@ -328,11 +328,31 @@ def list_inputs(input_path):
     return images, videos
 
 
+def _check_outputs(model, input_path, images, videos, output, annotated_video,
+                   abaw_submission_dir, overwrite):
+    """Refuses, before any work, outputs that would destroy an input, the model or a file."""
+    protected = [input_path, *images, *videos]
+    try:
+        model_path = pretrained.resolve(model)
+        protected += [model_path, os.path.join(model_path, "best_model.keras")]
+    except FileNotFoundError:
+        pass  # no model: loading it reports that, after these checks
+    if output:
+        atomic.check_output(output, protected, overwrite, "--output")
+    if annotated_video:
+        atomic.check_output(annotated_video, protected, overwrite, "--annotated_video")
+    if abaw_submission_dir:
+        for path in videos:
+            atomic.check_output(pathlib.Path(abaw_submission_dir) / f"{path.stem}.txt", protected,
+                                overwrite, "--abaw_submission_dir")
+
+
 def predict(model, input_path, output: Optional[str] = None, faces: str = "detect",
             smooth_window: int = 1, abaw_submission_dir: Optional[str] = None,
             annotated_video: Optional[str] = None, batch_size: int = 32,
             margin: Optional[float] = None, min_face_size: int = 20, progress: bool = True,
-            classifier=None, detector=None, flip_average: bool = False) -> dict:
+            classifier=None, detector=None, flip_average: bool = False,
+            overwrite: bool = False) -> dict:
     """Runs prediction on an image, a video or a folder and writes the requested outputs.
 
     Args:
@@ -351,6 +371,8 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
       progress: progress bar / log lines for videos.
       classifier, detector: already loaded objects to reuse (optional).
       flip_average: average each face's probabilities with its mirror image's.
+      overwrite: replace existing output files (without it an existing output is an
+        error); an output that is an input or the model is always refused.
 
     Returns:
       dict(rows, num_images, num_videos, num_faces, failed (list of (path, reason)),
@@ -369,6 +391,8 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     single = os.path.isfile(input_path)
     if annotated_video and not (single and videos):
         raise ValueError(f"--annotated_video needs a single video as input, got {input_path}")
+    _check_outputs(model if classifier is None else classifier.path, input_path, images, videos,
+                   output, annotated_video, abaw_submission_dir, overwrite)
     if classifier is None:
         logging.info("fer_tf.predict: model %s", pretrained.describe(model))
         classifier = inference.load_classifier(model, batch_size=batch_size,
@@ -435,6 +459,8 @@ def _define_flags():
     flags.DEFINE_integer("batch_size", 32, "Frames / images per batch.")
     flags.DEFINE_float("margin", None, "Crop enlargement per side, fraction of the box "
                        f"(default: the model's own, else {DEFAULT_MARGIN}).")
+    flags.DEFINE_bool("overwrite", False, "Replace existing output files (never an input or "
+                      "the model).")
     flags.DEFINE_bool("flip_average", False, "Average each face's probabilities with its "
                       "mirror image's (test-time augmentation, twice the compute).")
     flags.DEFINE_integer("min_face_size", 20, "Smallest face side (pixels) searched for.")
@@ -444,9 +470,14 @@ def _define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    summary = predict(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.faces, FLAGS.smooth_window,
-                      FLAGS.abaw_submission_dir, FLAGS.annotated_video, FLAGS.batch_size,
-                      FLAGS.margin, FLAGS.min_face_size, flip_average=FLAGS.flip_average)
+    try:
+        summary = predict(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.faces,
+                          FLAGS.smooth_window, FLAGS.abaw_submission_dir, FLAGS.annotated_video,
+                          FLAGS.batch_size, FLAGS.margin, FLAGS.min_face_size,
+                          flip_average=FLAGS.flip_average, overwrite=FLAGS.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
+        print(f"fer_tf.predict: error: {error}", file=sys.stderr)
+        sys.exit(2)
     if not FLAGS.output:
         sys.stdout.write(rows_to_csv(summary["rows"], summary["class_names"]))
     logging.info("%d images, %d videos, %d faces, %d inputs skipped; wrote %s", summary["num_images"],

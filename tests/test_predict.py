@@ -154,3 +154,30 @@ def test_command_line(model_path, faces_dir, tmp_path):
     rows = _read_csv(out)
     assert len(rows) == EXPECTED_FACES["pyfeat_multi_face.jpg"]
     _check_probabilities(rows)
+
+
+def test_outputs_never_replace_inputs_the_model_or_existing_files(tmp_path, faces_dir,
+                                                                 classifier):
+    photo = tmp_path / "v.jpg"
+    photo.write_bytes((faces_dir / "fer_justin.jpg").read_bytes())
+    before = photo.read_bytes()
+    with pytest.raises(ValueError, match="--output=.*v.jpg is also an input"):
+        predict.predict(None, str(photo), output=str(photo), classifier=classifier)
+    with pytest.raises(ValueError, match="is also an input"):
+        predict.predict(None, str(photo), output=classifier.path, classifier=classifier)
+    assert photo.read_bytes() == before
+    existing = tmp_path / "old.csv"
+    existing.write_text("keep me\n")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        predict.predict(None, str(photo), output=str(existing), classifier=classifier)
+    assert existing.read_text() == "keep me\n"
+    predict.predict(None, str(photo), output=str(existing), classifier=classifier,
+                    faces="none", overwrite=True)
+    assert existing.read_text().startswith("source,")
+
+
+def test_output_under_a_file_fails_before_any_work(tmp_path, faces_dir, classifier):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file, not a folder\n")
+    with pytest.raises(ValueError, match="results is a file, not a folder"):
+        predict.predict(None, str(faces_dir), output=str(blocker / "p.csv"), classifier=classifier)
