@@ -86,3 +86,27 @@ def check_output(path, inputs=(), overwrite: bool = False, flag: str = "--output
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{flag}={path}: cannot write into {existing}")
     return target
+
+
+def remove_leftovers(path) -> list:
+    """Deletes temporary files an interrupted `output_path` write left beside ``path``.
+
+    Only names of this module's own pattern (``.<name>.<pid>-<8 hex>...``) are touched.
+
+    Returns:
+      the removed paths.
+    """
+    import re  # pylint: disable=import-outside-toplevel
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        return []
+    pattern = re.compile(r"\.%s\.\d+-[0-9a-f]{8}.*\Z" % re.escape(os.path.basename(path)))
+    removed = []
+    for name in os.listdir(directory):
+        full = os.path.join(directory, name)
+        if pattern.match(name) and os.path.isfile(full):
+            os.remove(full)
+            removed.append(full)
+    return removed

@@ -551,6 +551,26 @@ def _state_variables():
     }
 
 
+def _remove_interrupted_writes(workdir: str):
+    """Deletes what a killed earlier run left half-written: temporary best-model/result
+    files of `fer_tf.atomic` and TensorFlow's ``ckpt-N_temp`` checkpoint folders."""
+    import shutil  # pylint: disable=import-outside-toplevel
+
+    removed = []
+    for name in (BEST_MODEL_FILE, RESULT_FILE):
+        removed += atomic.remove_leftovers(os.path.join(workdir, name))
+    checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
+    if os.path.isdir(checkpoints):
+        for name in os.listdir(checkpoints):
+            full = os.path.join(checkpoints, name)
+            if name.startswith("ckpt-") and name.endswith("_temp") and os.path.isdir(full):
+                shutil.rmtree(full)
+                removed.append(full)
+    if removed:
+        logging.info("removed %d leftovers of an interrupted run: %s", len(removed),
+                     ", ".join(os.path.basename(p) for p in removed))
+
+
 def random_state_variables(model: keras.Model) -> list:
     """The state variables of every `keras.random.SeedGenerator` inside ``model``."""
     found = []
@@ -600,6 +620,7 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
     """
     strategy = strategy or tf.distribute.get_strategy()
     os.makedirs(workdir, exist_ok=True)
+    _remove_interrupted_writes(workdir)
     class_names = tuple(class_names)[: config.num_classes]
     with strategy.scope():
         sgd.build(model.trainable_variables)

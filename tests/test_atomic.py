@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -35,3 +36,32 @@ def test_temporary_keeps_the_requested_suffix(tmp_path):
         assert tmp.endswith(".keras") and os.path.dirname(tmp) == str(tmp_path)
         open(tmp, "w").close()
     assert os.listdir(tmp_path) == ["m.keras"]
+
+
+def test_leftovers_of_interrupted_writes_are_removed_and_nothing_else(tmp_path):
+    target = tmp_path / "best_model.keras"
+    with pytest.raises(RuntimeError):
+        with atomic.output_path(target, ".keras") as tmp:
+            open(tmp, "wb").close()
+            leftover = tmp + ".copy"  # what a kill -9 leaves: the context never cleans up
+            shutil.copy(tmp, leftover)
+            raise RuntimeError("killed")
+    keep = [tmp_path / "best_model.keras.bak", tmp_path / ".best_model.keras.notes",
+            tmp_path / ".result.json.12-0123abcd.tmp"]
+    for path in keep:
+        path.write_text("mine\n")
+    assert atomic.remove_leftovers(target) == [leftover]
+    assert all(path.exists() for path in keep)
+
+
+def test_check_output_rules(tmp_path):
+    source = tmp_path / "in.jpg"
+    source.write_bytes(b"x")
+    with pytest.raises(ValueError, match="is also an input"):
+        atomic.check_output(source, [source])
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        atomic.check_output(source, [])
+    assert atomic.check_output(source, [], overwrite=True) == str(source)
+    with pytest.raises(ValueError, match="is a folder"):
+        atomic.check_output(tmp_path, [])
+    assert atomic.check_output(tmp_path / "new" / "deep" / "out.csv", []).endswith("out.csv")

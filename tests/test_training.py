@@ -328,7 +328,12 @@ def test_resume_with_augmentation_is_bit_identical(tmp_path):
     full, full_result = _run_loop(tmp_path / "a", config, data, _augmented_model)
     _run_loop(tmp_path / "b", _loop_config(batch_size=4, micro_batches=2, max_updates=3),
               data, _augmented_model)
+    # What a kill -9 during writes leaves behind; the next start removes it.
+    (tmp_path / "b" / ".best_model.keras.77-deadbeef.keras").write_bytes(b"")
+    (tmp_path / "b" / "checkpoints" / "ckpt-9_temp").mkdir()
     resumed, resumed_result = _run_loop(tmp_path / "b", config, data, _augmented_model)
+    assert not (tmp_path / "b" / ".best_model.keras.77-deadbeef.keras").exists()
+    assert not (tmp_path / "b" / "checkpoints" / "ckpt-9_temp").exists()
     for a, b in zip(full.get_weights(), resumed.get_weights()):
         np.testing.assert_array_equal(b, a)
     assert resumed_result["val_abaw_score"] == full_result["val_abaw_score"]
