@@ -30,7 +30,7 @@ from typing import Dict, Optional
 import numpy as np
 from absl import app, flags, logging
 
-from fer_tf import atomic, inference, metrics, plots, pretrained, temporal
+from fer_tf import atomic, cli, inference, metrics, plots, pretrained, temporal
 from fer_tf.data import examples, pipeline, sources
 
 REPORT_FILE = "evaluation.json"
@@ -291,4 +291,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main, "fer_tf.evaluate")

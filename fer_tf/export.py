@@ -362,7 +362,7 @@ def define_flags(flag_values=None):
 
 
 def main(argv, flag_values):
-    """Runs the export from parsed flags; returns the process exit code."""
+    """Runs the export from parsed flags; returns the process exit code (2: user error)."""
     from absl import app
 
     if len(argv) > 1:
@@ -374,7 +374,7 @@ def main(argv, flag_values):
                       decode_size=flag_values.decode_size)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"fer_tf.export: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(path)
     return 0
 
@@ -382,5 +382,7 @@ def main(argv, flag_values):
 if __name__ == "__main__":
     from absl import app
 
+    from fer_tf import cli
+
     _FLAGS = define_flags()
-    app.run(lambda argv: main(argv, _FLAGS))
+    cli.run(lambda argv: sys.exit(main(argv, _FLAGS)), "fer_tf.export")

@@ -47,7 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
-from fer_tf import atomic, inference, pretrained, submission, temporal, video as video_lib
+from fer_tf import atomic, cli, inference, pretrained, submission, temporal, video as video_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -470,14 +470,10 @@ def _define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        summary = predict(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.faces,
-                          FLAGS.smooth_window, FLAGS.abaw_submission_dir, FLAGS.annotated_video,
-                          FLAGS.batch_size, FLAGS.margin, FLAGS.min_face_size,
-                          flip_average=FLAGS.flip_average, overwrite=FLAGS.overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
-        print(f"fer_tf.predict: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    summary = predict(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.faces,
+                      FLAGS.smooth_window, FLAGS.abaw_submission_dir, FLAGS.annotated_video,
+                      FLAGS.batch_size, FLAGS.margin, FLAGS.min_face_size,
+                      flip_average=FLAGS.flip_average, overwrite=FLAGS.overwrite)
     if not FLAGS.output:
         sys.stdout.write(rows_to_csv(summary["rows"], summary["class_names"]))
     logging.info("%d images, %d videos, %d faces, %d inputs skipped; wrote %s", summary["num_images"],
@@ -487,4 +483,4 @@ def main(argv):
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    cli.run(main, "fer_tf.predict")

@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from fer_tf import atomic, training
+from fer_tf import atomic, cli, training
 
 _DEFAULTS = training.TrainConfig()
 
@@ -187,4 +187,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "fer_tf.train")

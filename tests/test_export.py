@@ -250,7 +250,7 @@ def test_cli_errors_are_clear(trained, tmp_path, capsys):
     missing = tmp_path / "no_such_run"
     code = export.main(["fer_tf.export"], _flag_values(f"--model={missing}",
                                                        f"--export_dir={tmp_path / '1'}"))
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "best_model.keras" in err
     assert not (tmp_path / "1").exists()
@@ -260,7 +260,7 @@ def test_cli_errors_are_clear(trained, tmp_path, capsys):
     (existing / "saved_model.pb").write_bytes(b"old")
     flag_values = _flag_values(f"--model={path}", f"--export_dir={existing}")
     code = export.main(["fer_tf.export"], flag_values)
-    assert code == 1
+    assert code == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (existing / "saved_model.pb").read_bytes() == b"old"
 

@@ -171,3 +171,21 @@ def test_resume_refuses_changed_critical_flags_and_allows_harmless_ones(tmp_path
                              max_updates=500, log_every=7, augment=True):
         train.check_resume(train.config_from_flags())  # longer run, other logging: fine
     assert train.recorded_flags(str(tmp_path))["augment"] == "True"
+
+
+@pytest.mark.parametrize("module, args, expected", [
+    ("fer_tf.train", ["--flagfile=configs/demo.cfg", "--workdir={tmp}/w", "--batch_size=30",
+                      "--micro_batches=4"], "--batch_size=30 is not divisible"),
+    ("fer_tf.predict", ["--input={tmp}/absent.jpg"], "absent.jpg not found"),
+    ("fer_tf.evaluate", ["--dataset=affectnet", "--data_dir={tmp}"], "unknown dataset 'affectnet'"),
+    ("fer_tf.export", ["--model={tmp}/no_run", "--export_dir={tmp}/1"], "no_run"),
+], ids=lambda v: v if isinstance(v, str) and v.startswith("fer_tf") else None)
+def test_user_errors_are_one_line_and_exit_2(tmp_path, module, args, expected):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", module] + [a.format(tmp=tmp_path) for a in args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "--helpfull" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if f"{module}: error:" in line]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]

@@ -1,0 +1,33 @@
+"""The one error convention of every entry point: a user error is one line, exit code 2.
+
+    if __name__ == "__main__":
+        cli.run(main, "fer_tf.train")
+
+A user error (bad flag value, missing or unreadable file, bad data, bad model file,
+an output that may not be written) prints ``<prog>: error: <message>`` on stderr and
+exits with 2: no traceback, no dump of the flag help. Anything else is a real crash
+and keeps its traceback.
+"""
+
+import sys
+
+from absl import app
+
+USER_ERRORS = (app.UsageError, ValueError, FileNotFoundError, FileExistsError,
+               PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _guarded(main, prog):
+    def wrapper(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper
+
+
+def run(main, prog: str):
+    """`absl.app.run(main)` with user errors turned into one line and exit code 2."""
+    app.run(_guarded(main, prog))
