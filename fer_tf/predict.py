@@ -376,7 +376,8 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
 
     Returns:
       dict(rows, num_images, num_videos, num_faces, failed (list of (path, reason)),
-      videos {path: VideoPrediction}, outputs (list of files written)).
+      without_face (inputs in which no face was found), videos {path: VideoPrediction},
+      outputs (list of files written)).
 
     Raises:
       ValueError / FileNotFoundError: bad arguments, or an unreadable single input.
@@ -406,6 +407,9 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
 
     rows, failed = predict_images(predictor, images, batch_size, skip_errors=not single)
     images_read = len(images) - len(failed)
+    with_face = {row.source for row in rows}
+    without_face = [os.fspath(p) for p in images
+                    if os.fspath(p) not in with_face and os.fspath(p) not in dict(failed)]
     results, outputs = {}, []
     for path in videos:
         try:
@@ -418,6 +422,8 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
             continue
         results[os.fspath(path)] = result
         rows += result.rows
+        if not result.frames_with_face:
+            without_face.append(os.fspath(path))
         if abaw_submission_dir:
             outputs.append(submission.write_abaw_submission(
                 pathlib.Path(abaw_submission_dir) / f"{path.stem}.txt", result.frame_labels, names))
@@ -425,6 +431,9 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
             outputs.append(write_annotated_video(annotated_video, path, result, names, smooth_window))
     if abaw_submission_dir and not videos:
         logging.warning("--abaw_submission_dir is for videos; %s has none, nothing written", input_path)
+    if without_face and faces == "detect":
+        logging.warning("%d of %d inputs have no face the detector found: %s", len(without_face),
+                        len(images) + len(videos), ", ".join(without_face[:10]))
     if failed:
         logging.warning("%d of %d inputs could not be read and were skipped: %s", len(failed),
                         len(images) + len(videos), ", ".join(p for p, _ in failed[:10]))
@@ -437,6 +446,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
         "num_videos": len(results),
         "num_faces": len(rows),
         "failed": failed,
+        "without_face": without_face,
         "videos": results,
         "outputs": [os.fspath(p) for p in outputs],
     }
@@ -476,8 +486,9 @@ def main(argv):
                       flip_average=FLAGS.flip_average, overwrite=FLAGS.overwrite)
     if not FLAGS.output:
         sys.stdout.write(rows_to_csv(summary["rows"], summary["class_names"]))
-    logging.info("%d images, %d videos, %d faces, %d inputs skipped; wrote %s", summary["num_images"],
-                 summary["num_videos"], summary["num_faces"], len(summary["failed"]),
+    logging.info("%d images, %d videos, %d faces, %d inputs without a face, %d inputs skipped; "
+                 "wrote %s", summary["num_images"], summary["num_videos"], summary["num_faces"],
+                 len(summary["without_face"]), len(summary["failed"]),
                  summary["outputs"] or "nothing")
 
 

@@ -181,3 +181,13 @@ def test_output_under_a_file_fails_before_any_work(tmp_path, faces_dir, classifi
     blocker.write_text("a file, not a folder\n")
     with pytest.raises(ValueError, match="results is a file, not a folder"):
         predict.predict(None, str(faces_dir), output=str(blocker / "p.csv"), classifier=classifier)
+
+
+def test_inputs_without_a_face_are_reported(tmp_path, faces_dir, classifier, detector):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "face.jpg").write_bytes((faces_dir / "fer_justin.jpg").read_bytes())
+    cv2.imwrite(str(folder / "wall.png"), np.full((120, 160, 3), 128, np.uint8))
+    summary = predict.predict(None, str(folder), classifier=classifier, detector=detector)
+    assert summary["num_images"] == 2 and summary["num_faces"] == 1
+    assert summary["without_face"] == [str(folder / "wall.png")]
