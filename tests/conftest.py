@@ -31,3 +31,28 @@ def fer2013_dir() -> pathlib.Path:
 def faces_dir() -> pathlib.Path:
     """A few real face photographs."""
     return _require(SHARED_DATA / "faces", "face photos")
+
+
+def _write_huge_png(path, width=16000, height=16000):
+    """A real, valid PNG of width x height black gray pixels, streamed (it compresses to
+    under 1 MB; decoded it would take width * height * 3 bytes)."""
+    import struct  # pylint: disable=import-outside-toplevel
+    import zlib  # pylint: disable=import-outside-toplevel
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    compressor = zlib.compressobj(9)
+    row = b"\0" * (width + 1)  # filter byte + gray pixels
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture()
+def huge_png(tmp_path) -> pathlib.Path:
+    """A valid 16000x16000 PNG of under 1 MB (a decompression bomb for naive decoders)."""
+    return _write_huge_png(tmp_path / "huge.png")

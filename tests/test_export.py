@@ -297,3 +297,11 @@ def test_decode_size_comes_from_the_training_flagfile(trained, tmp_path):
     shrunk = np.stack([pipeline.resize_uint8(tf.constant(i), 48).numpy() for i in images])
     expected = tf.nn.softmax(keras_model(shrunk.astype(np.float32)), axis=-1).numpy()
     _assert_relative_close(served.numpy(), expected, "predict_images at decode size 48")
+
+
+def test_serving_refuses_an_image_over_the_pixel_limit(loaded, faces_dir, huge_png):
+    huge = huge_png.read_bytes()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 100000000 pixels"):
+        loaded.serving_default(image_bytes=tf.constant([huge]))
+    jpeg = (faces_dir / "fer_justin.jpg").read_bytes()
+    assert loaded.serving_default(image_bytes=tf.constant([jpeg]))["probabilities"].shape == (1, 7)

@@ -41,7 +41,50 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 # Bytes read at each end of a file by the pre-check.
 _CHECK_BYTES = 1024
+# Largest image decoded, in pixels (width x height): about 300 MB as uint8 RGB. Larger
+# files (a 751 KB PNG can declare 16000 x 16000) are refused from their header, before
+# any decoding, in the pipeline (skipped, counted, named) and in the serving signature
+# (InvalidArgument). Phone photos reach 50 MP, PIL warns from 89 MP.
+MAX_IMAGE_PIXELS = 100_000_000
+# How far into a JPEG the pre-check looks for its frame header (EXIF can come first).
+_JPEG_SCAN_BYTES = 1 << 16
 _LOGGED_PATHS = 20
+
+
+def _jpeg_dimensions(head: bytes):
+    """(width, height) from a JPEG's first frame header within ``head``, or None."""
+    i = 2
+    while i + 9 <= len(head):
+        if head[i] != 0xFF:
+            return None
+        marker = head[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        length = int.from_bytes(head[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(head[i + 7:i + 9], "big"), int.from_bytes(head[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
+
+
+def header_dimensions(head: bytes):
+    """(width, height) an image file declares in its first bytes, or None if unknown.
+
+    PNG (IHDR), GIF (logical screen), BMP (info header) and JPEG (first SOF segment,
+    if it lies within ``head``).
+    """
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head.startswith((b"GIF87a", b"GIF89a")) and len(head) >= 10:
+        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    if head.startswith(b"BM") and len(head) >= 26:
+        width = int.from_bytes(head[18:22], "little", signed=True)
+        height = int.from_bytes(head[22:26], "little", signed=True)
+        return abs(width), abs(height)
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_dimensions(head)
+    return None
 
 
 def _file_problem(path):
@@ -51,11 +94,15 @@ def _file_problem(path):
         if size == 0:
             return "empty file"
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(_JPEG_SCAN_BYTES)
             f.seek(max(0, size - _CHECK_BYTES))
             tail = f.read(_CHECK_BYTES)
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
+    dims = header_dimensions(head)
+    if dims is not None and dims[0] * dims[1] > MAX_IMAGE_PIXELS:
+        return (f"{dims[0]}x{dims[1]} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+                "(fer_tf.data.pipeline.MAX_IMAGE_PIXELS)")
     if head.startswith(b"\xff\xd8\xff"):
         # Truncated downloads lose the end-of-image marker; some encoders pad after it.
         return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
@@ -133,9 +180,45 @@ def resize_uint8(image, size: int):
     return tf.ensure_shape(out, (size, size, 3))
 
 
+def _header_pixels(data):
+    """Width x height an encoded image declares (in-graph; 0 if the format is unknown)."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(data, 0, 32), b"\0" * 32]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+
+    def big(i, n):
+        return sum(b[i + k] * 256 ** (n - 1 - k) for k in range(n))
+
+    def little(i, n):
+        return sum(b[i + k] * 256 ** k for k in range(n))
+
+    def signed_abs32(value):
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    magic = tf.strings.substr(data, 0, 8)
+    png = tf.equal(magic, b"\x89PNG\r\n\x1a\n")
+    gif = tf.logical_or(tf.equal(tf.strings.substr(data, 0, 6), b"GIF87a"),
+                        tf.equal(tf.strings.substr(data, 0, 6), b"GIF89a"))
+    bmp = tf.equal(tf.strings.substr(data, 0, 2), b"BM")
+    other = tf.where(png, big(16, 4) * big(20, 4), tf.where(
+        gif, little(6, 2) * little(8, 2),
+        tf.where(bmp, signed_abs32(little(18, 4)) * signed_abs32(little(22, 4)), 0)))
+    return tf.cond(tf.io.is_jpeg(data),
+                   lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)),
+                   lambda: other)
+
+
 def decode_image(data, size: int):
-    """Encoded JPEG/PNG/GIF/BMP bytes (gray or colour) -> uint8 RGB [size, size, 3]."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    """Encoded JPEG/PNG/GIF/BMP bytes (gray or colour) -> uint8 RGB [size, size, 3].
+
+    Images declaring more than MAX_IMAGE_PIXELS are refused from their header with
+    InvalidArgument, before any memory is spent decoding them.
+    """
+    check = tf.debugging.assert_less_equal(
+        _header_pixels(data), tf.constant(MAX_IMAGE_PIXELS, tf.int64),
+        message=f"image declares more than {MAX_IMAGE_PIXELS} pixels "
+                "(fer_tf.data.pipeline.MAX_IMAGE_PIXELS); refused")
+    with tf.control_dependencies([check]):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
     return resize_uint8(image, size)
 
 

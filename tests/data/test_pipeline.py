@@ -195,3 +195,23 @@ def test_decoded_images_give_the_file_pipelines_batches_in_the_same_order(tmp_pa
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="decoded at 32, not 48"):
         pipeline.make_dataset(decoded, 4, image_size=48)
+
+
+def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path, huge_png):
+    huge = huge_png
+    assert huge.stat().st_size < 1_000_000
+    src = _write_images(tmp_path, n=3, size=16)
+    ok, skipped = pipeline.check_image_files(src.paths + [str(huge)])
+    assert ok.tolist() == [True, True, True, False]
+    assert skipped[0][0] == str(huge) and "16000x16000 pixels" in skipped[0][1]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than 100000000 pixels"):
+        pipeline.decode_image(tf.constant(huge.read_bytes()), 48)
+    # Headers of every supported format give their real size.
+    for name, image in (("a.png", np.zeros((30, 20, 3), np.uint8)),
+                        ("a.jpg", np.zeros((31, 21, 3), np.uint8)),
+                        ("a.bmp", np.zeros((32, 22, 3), np.uint8))):
+        cv2.imwrite(str(tmp_path / name), image)
+        head = (tmp_path / name).read_bytes()[:65536]
+        assert pipeline.header_dimensions(head) == (image.shape[1], image.shape[0]), name
+        pixels = pipeline._header_pixels(tf.constant((tmp_path / name).read_bytes()))
+        assert int(pixels) == image.shape[0] * image.shape[1], name
