@@ -258,6 +258,18 @@ def _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches, num_par
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
+def _ordered(ds, count, shuffle, seed, repeat, skip):
+    """Full seeded shuffle, repeat, then skip ``skip`` elements: the example order both
+    the file-list and the in-memory pipelines share (so their batches are identical)."""
+    if shuffle:
+        ds = ds.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    if skip:
+        ds = ds.skip(int(skip))
+    return ds
+
+
 class DecodedImages:
     """A labelled list decoded once into memory (uint8 [N, S, S, 3]), for small datasets.
 
@@ -323,14 +335,9 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
         if images.image_size != image_size:
             raise ValueError(f"images were decoded at {images.image_size}, not {image_size}")
         weights = class_weights_lib.example_weights(images.labels, class_weights)
-        ds = tf.data.Dataset.from_tensor_slices(
-            (images.pixels, tf.constant(images.labels, tf.int32), tf.constant(weights, tf.float32)))
-        if shuffle:
-            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
-        if skip_batches:
-            ds = ds.skip(int(skip_batches) * batch_size)
+        ds = _ordered(tf.data.Dataset.from_tensor_slices(
+            (images.pixels, tf.constant(images.labels, tf.int32), tf.constant(weights, tf.float32))),
+            len(images), shuffle, seed, repeat, skip_batches * batch_size)
         return _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches,
                        num_parallel_calls)
     paths = list(images.paths)
@@ -342,14 +349,9 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
     if not paths:
         raise ValueError(f"no usable images (of {len(images)} listed)")
     weights = class_weights_lib.example_weights(labels, class_weights)
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(paths), tf.constant(labels, tf.int32), tf.constant(weights, tf.float32)))
-    if shuffle:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    if skip_batches:
-        ds = ds.skip(int(skip_batches) * batch_size)
+    ds = _ordered(tf.data.Dataset.from_tensor_slices(
+        (tf.constant(paths), tf.constant(labels, tf.int32), tf.constant(weights, tf.float32))),
+        len(paths), shuffle, seed, repeat, skip_batches * batch_size)
     ds = ds.map(lambda p, y, w: (decode_image(tf.io.read_file(p), image_size), y, w),
                 num_parallel_calls=num_parallel_calls, deterministic=True)
     if skip_corrupt:
