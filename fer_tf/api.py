@@ -38,10 +38,6 @@ class ExpressionRecognizer:
         logging.info("fer_tf: model %s", pretrained.describe(model))
         self.classifier = inference.load_classifier(model, flip_average=flip_average)
         detector = faces_lib.FaceDetector(min_face_size=min_face_size) if detect_faces else None
-        if margin is None:
-            margin = self.classifier.crop_margin
-        if margin is None:
-            margin = predict_lib.DEFAULT_MARGIN
         self._predictor = predict_lib.FacePredictor(self.classifier, detector, margin)
 
     @property

@@ -8,6 +8,7 @@ caches and reports in fer_tf goes through here.
 import contextlib
 import json
 import os
+import re
 import uuid
 
 
@@ -58,8 +59,8 @@ def write_json(path, payload, sort_keys: bool = False) -> str:
 def check_output(path, inputs=(), overwrite: bool = False, flag: str = "--output") -> str:
     """Checks, before any work, that ``path`` may be written; returns it absolute.
 
-    The rule every command follows: an output is never one of the command's inputs (or
-    inside an input folder's files), an existing file is replaced only with
+    The rule: an output is never one of the command's inputs (``inputs``: files and
+    folders, compared after resolving links), an existing file is replaced only with
     ``--overwrite``, and the folder it goes into must exist or be creatable and be
     writable.
 
@@ -96,8 +97,6 @@ def remove_leftovers(path) -> list:
     Returns:
       the removed paths.
     """
-    import re  # pylint: disable=import-outside-toplevel
-
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):

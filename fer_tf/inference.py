@@ -218,11 +218,9 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
                 f"{path!r} holds neither {model_lib.BEST_MODEL_FILE} (a training workdir) nor {_SAVED_MODEL_PB} "
                 "(an exported SavedModel, possibly in a numbered version folder); train with "
                 "`python -m fer_tf.train` or export with `python -m fer_tf.export` first")
-    if contract is None:
-        return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size,
-                          flip_average=flip_average)
-    if input_size is None and contract.decode_size:
-        size = contract.decode_size
+    known = {}
+    if contract is not None:  # a .keras model: its own contract wins over workdir files
+        size = input_size or contract.decode_size or size
+        known = {"class_names": contract.class_names, "crop_margin": contract.crop_margin}
     return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size,
-                      class_names=contract.class_names, crop_margin=contract.crop_margin,
-                      flip_average=flip_average)
+                      flip_average=flip_average, **known)

@@ -48,6 +48,7 @@ from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
 from fer_tf import atomic, cli, inference, pretrained, submission, temporal, video as video_lib
+from fer_tf import model as model_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -96,13 +97,16 @@ class FacePredictor:
     Args:
       classifier: a `fer_tf.inference.Classifier`.
       detector: a `fer_tf.faces.FaceDetector`, or None: every image is one face crop.
-      margin: crop enlargement per side (fraction of the box).
+      margin: crop enlargement per side (fraction of the box); None: the classifier's
+        own (stored in its model), else DEFAULT_MARGIN.
     """
 
-    def __init__(self, classifier, detector=None, margin: float = DEFAULT_MARGIN):
+    def __init__(self, classifier, detector=None, margin: Optional[float] = None):
         self.classifier = classifier
         self.detector = detector
-        self.margin = margin
+        if margin is None:
+            margin = classifier.crop_margin
+        self.margin = DEFAULT_MARGIN if margin is None else margin
 
     def _whole_image_crop(self, image: np.ndarray) -> np.ndarray:
         size = self.classifier.input_size
@@ -334,7 +338,7 @@ def _check_outputs(model, input_path, images, videos, output, annotated_video,
     protected = [input_path, *images, *videos]
     try:
         model_path = pretrained.resolve(model)
-        protected += [model_path, os.path.join(model_path, "best_model.keras")]
+        protected += [model_path, os.path.join(model_path, model_lib.BEST_MODEL_FILE)]
     except FileNotFoundError:
         pass  # no model: loading it reports that, after these checks
     if output:
@@ -398,8 +402,6 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
         logging.info("fer_tf.predict: model %s", pretrained.describe(model))
         classifier = inference.load_classifier(model, batch_size=batch_size,
                                                flip_average=flip_average)
-    if margin is None:
-        margin = DEFAULT_MARGIN if classifier.crop_margin is None else classifier.crop_margin
     if detector is None and faces == "detect":
         detector = faces_lib.FaceDetector(min_face_size=min_face_size)
     predictor = FacePredictor(classifier, detector if faces == "detect" else None, margin)
@@ -407,9 +409,8 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
 
     rows, failed = predict_images(predictor, images, batch_size, skip_errors=not single)
     images_read = len(images) - len(failed)
-    with_face = {row.source for row in rows}
-    without_face = [os.fspath(p) for p in images
-                    if os.fspath(p) not in with_face and os.fspath(p) not in dict(failed)]
+    seen = {row.source for row in rows} | {path for path, _ in failed}
+    without_face = [os.fspath(p) for p in images if os.fspath(p) not in seen]
     results, outputs = {}, []
     for path in videos:
         try:

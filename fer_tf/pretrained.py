@@ -11,8 +11,18 @@ network and without a training workdir; its input contract travels inside it
 (`fer_tf.model.FacePreprocessing`).
 """
 
+import io
 import os
+import tempfile
+import zipfile
 from typing import Optional
+
+import h5py
+import numpy as np
+from absl import app, flags
+
+from fer_tf import atomic
+from fer_tf import model as model_lib
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
 
@@ -67,15 +77,6 @@ def save_compact(model, path):
     stay exact. Halves the file, which is what lets the shipped model stay small.
     Written atomically.
     """
-    import io  # pylint: disable=import-outside-toplevel
-    import tempfile  # pylint: disable=import-outside-toplevel
-    import zipfile  # pylint: disable=import-outside-toplevel
-
-    import h5py  # pylint: disable=import-outside-toplevel
-    import numpy as np  # pylint: disable=import-outside-toplevel
-
-    from fer_tf import atomic  # pylint: disable=import-outside-toplevel
-
     with tempfile.TemporaryDirectory() as tmp:
         full = os.path.join(tmp, "full.keras")
         model.save(full)
@@ -105,10 +106,6 @@ def save_compact(model, path):
 
 
 def _main(argv):
-    from absl import app, flags  # pylint: disable=import-outside-toplevel
-
-    from fer_tf import model as model_lib  # pylint: disable=import-outside-toplevel
-
     del argv
     src, dst = flags.FLAGS.src, flags.FLAGS.dst
     if not src or not dst:
@@ -121,9 +118,7 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app as _app, flags as _flags
-
-    _flags.DEFINE_string("src", None, "Training workdir (its best_model.keras) or .keras file.")
-    _flags.DEFINE_string("dst", None, "The compact .keras file to write, e.g. "
+    flags.DEFINE_string("src", None, "Training workdir (its best_model.keras) or .keras file.")
+    flags.DEFINE_string("dst", None, "The compact .keras file to write, e.g. "
                          "fer_tf/models/fer2013.keras.")
-    _app.run(_main)
+    app.run(_main)

@@ -19,6 +19,7 @@ layer named ``"head"`` (learning rate ``lr_head``; everything else is the backbo
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -554,8 +555,6 @@ def _state_variables():
 def _remove_interrupted_writes(workdir: str):
     """Deletes what a killed earlier run left half-written: temporary best-model/result
     files of `fer_tf.atomic` and TensorFlow's ``ckpt-N_temp`` checkpoint folders."""
-    import shutil  # pylint: disable=import-outside-toplevel
-
     removed = []
     for name in (BEST_MODEL_FILE, RESULT_FILE):
         removed += atomic.remove_leftovers(os.path.join(workdir, name))

@@ -442,17 +442,14 @@ class FaceAugmentation(keras.layers.Layer):
         if not training:
             return images
         seed = tf.cast(self.seed_generator.next(), tf.int64)
+        # Flip (its own stream), affine jitter, ColorJitter, erasing; with the extras at 0
+        # this is random_flip_and_jitter exactly (it too flips first, then jitters).
         x = images / 255.0
-        if self.shift or self.scale or self.rotation:
-            # Flip first (its own stream), then the affine jitter, then ColorJitter.
-            if self.flip:
-                x = random_flip(x, seed)
-            x = random_affine(x, seed, self.shift, self.scale, self.rotation)
-            x = self._augment(x, seed, self.brightness, self.contrast, self.saturation,
-                              self.hue, flip=False)
-        else:
-            x = self._augment(x, seed, self.brightness, self.contrast, self.saturation,
-                              self.hue, self.flip)
+        if self.flip:
+            x = random_flip(x, seed)
+        x = random_affine(x, seed, self.shift, self.scale, self.rotation)
+        x = self._augment(x, seed, self.brightness, self.contrast, self.saturation, self.hue,
+                          flip=False)
         x = random_erasing(x, seed, self.erasing)
         return x * 255.0
 
