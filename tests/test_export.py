@@ -190,7 +190,10 @@ def test_malformed_bytes_raise_then_valid_call_works(loaded, faces_dir):
     probabilities = out["probabilities"].numpy()
     assert probabilities.shape == (2, classes.NUM_CLASSES)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(probabilities[0], probabilities[1])
+    # The same image at two batch positions: equal up to float32 rounding (CPU kernels may
+    # sum in a different order per batch row; observed 9e-7 relative on AVX2), which still
+    # catches any state left over from the failed requests.
+    np.testing.assert_allclose(probabilities[0], probabilities[1], rtol=1e-5, atol=1e-8)
 
 
 def test_empty_batch_gives_empty_outputs(loaded):

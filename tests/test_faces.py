@@ -51,13 +51,26 @@ def test_single_face_box_covers_the_face(detector, faces_dir):
     assert box.h > 100
 
 
+def assert_same_boxes(actual, expected):
+    """Identical pixel boxes; scores equal to float32 rounding.
+
+    CPU convolution kernels may sum in a different order for an image's position in a
+    batch (Eigen's vectorised GEMM handles remainder rows separately on AVX2), so a score
+    can differ in its last bits; 1e-6 relative is about 8 float32 ulps.
+    """
+    assert [b[:4] for b in actual] == [b[:4] for b in expected]
+    np.testing.assert_allclose(
+        [b.score for b in actual], [b.score for b in expected], rtol=1e-6
+    )
+
+
 def test_detect_batch_same_as_single_and_no_face(detector, faces_dir):
     image = faces.read_image_rgb(faces_dir / "ina_India_236650352.jpg")
     flipped = np.ascontiguousarray(image[:, ::-1])
     blank = np.full_like(image, 128)
     batch = detector.detect_batch([image, flipped, blank])
-    assert batch[0] == detector.detect(image)
-    assert batch[1] == detector.detect(flipped)
+    assert_same_boxes(batch[0], detector.detect(image))
+    assert_same_boxes(batch[1], detector.detect(flipped))
     assert batch[2] == []
     assert detector.detect_batch([blank, blank]) == [[], []]
     assert detector.detect_batch([]) == []
