@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 
 from fer_tf import atomic, cli, training
+from fer_tf.data import pipeline
 
 _DEFAULTS = training.TrainConfig()
 
@@ -184,6 +185,10 @@ def main(argv):
           f"{result.get('val_accuracy', float('nan')):.4f}) at update {result['best_step']}; "
           f"details in {os.path.join(FLAGS.workdir, training.RESULT_FILE)}")
     print(json.dumps(result.get("val_per_class_f1", {}), indent=1))
+    rejected = pipeline.decoder_rejected()
+    if rejected:
+        print(f"{len(rejected)} image file(s) passed the header check but the decoder "
+              f"rejected them and they were skipped (named in the log): {', '.join(rejected[:5])}")
 
 
 if __name__ == "__main__":

@@ -130,17 +130,58 @@ def test_corrupt_files_are_skipped_counted_and_logged(tmp_path, caplog):
     assert len(_all(again)[1]) == 6
 
 
+def _liars(root, names):
+    """Files with JPEG markers at both ends and garbage between: only the decoder can tell."""
+    for name in names:
+        (root / name).write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 500 + b"\xff\xd9")
+    return [str(root / name) for name in names]
+
+
 def test_file_passing_the_check_but_not_decoding_is_dropped_not_fatal(tmp_path):
     src = _write_images(tmp_path, n=3)
-    # JPEG markers at both ends, garbage in between: only the decoder can tell.
-    (tmp_path / "liar.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 500 + b"\xff\xd9")
-    paths = list(src.paths) + [str(tmp_path / "liar.jpg")]
+    paths = list(src.paths) + _liars(tmp_path, ["liar.jpg"])
     ds = pipeline.make_dataset(LabelledImages(paths, [0, 1, 2, 3]), 2, shuffle=False)
     assert list(_all(ds)[1]) == [0, 1, 2]
     strict = pipeline.make_dataset(LabelledImages(paths, [0, 1, 2, 3]), 2, shuffle=False,
                                    skip_corrupt=False)
     with pytest.raises(tf.errors.InvalidArgumentError):
         _all(strict)
+
+
+def test_files_only_the_decoder_rejects_are_named_and_counted(tmp_path, caplog):
+    src = _write_images(tmp_path, n=8)
+    liars = _liars(tmp_path, ["liar_a.jpg", "liar_b.jpg", "liar_c.jpg"])
+    # Bad files first, in the middle (two in a row) and last: every position of a gap.
+    paths = [liars[0]] + list(src.paths[:4]) + liars[1:] + list(src.paths[4:]) + [liars[0]]
+    labels = [6] + list(src.labels[:4]) + [6, 6] + list(src.labels[4:]) + [6]
+    images = LabelledImages(paths, labels)
+    good = _all(pipeline.make_dataset(src, 3, shuffle=True, seed=4))
+    with caplog.at_level(logging.WARNING):
+        x, y, _ = _all(pipeline.make_dataset(images, 3, shuffle=True, seed=4))
+    named = [line for line in caplog.text.splitlines() if "image decoder rejected" in line]
+    assert len(named) == 4  # liar_a.jpg is listed twice
+    assert {name.split("/")[-1].split(":")[0] for name in named} == {
+        "liar_a.jpg", "liar_b.jpg", "liar_c.jpg"}
+    assert set(liars) <= set(pipeline.decoder_rejected())
+    # Only good images remain, with their own labels.
+    assert sorted(y.tolist()) == sorted(good[1].tolist())
+    assert sorted(map(bytes, x.reshape(8, -1))) == sorted(map(bytes, good[0].reshape(8, -1)))
+    # A resumed epoch names the drops after its skip position as well (the skip counts
+    # listed files: 6 = liar_a and four good ones and liar_b).
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resumed = _all(pipeline.make_dataset(images, 3, shuffle=False, skip_batches=2))
+    assert [line.split("/")[-1].split(":")[0] for line in caplog.text.splitlines()
+            if "image decoder rejected" in line] == ["liar_c.jpg", "liar_a.jpg"]
+    assert resumed[1].tolist() == list(src.labels[4:])
+    # In-memory decoding drops, names and keeps labels aligned the same way.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        cached = pipeline.DecodedImages(images, 112)
+    assert caplog.text.count("image decoder rejected") == 4
+    np.testing.assert_array_equal(cached.labels, src.labels)
+    np.testing.assert_array_equal(
+        cached.pixels, _all(pipeline.make_dataset(src, 8, shuffle=False))[0])
 
 
 def test_augment_on_cpu_gives_uint8_224_and_is_seeded(tmp_path):
