@@ -79,13 +79,60 @@ def check_output(path, inputs=(), overwrite: bool = False, flag: str = "--output
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(f"{flag}={path} exists; pass --overwrite to replace it, or "
                               "choose a new file")
-    existing = os.path.dirname(target)
+    _check_creatable(os.path.dirname(target), f"{flag}={path}")
+    return target
+
+
+def _check_creatable(folder, shown):
+    """``folder`` exists or can be created, and files can be written into it."""
+    existing = folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise ValueError(f"{flag}={path}: {existing} is a file, not a folder")
+        raise ValueError(f"{shown}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"{flag}={path}: cannot write into {existing}")
+        raise PermissionError(f"{shown}: cannot write into {existing}")
+
+
+def is_within(path, folder) -> bool:
+    """``path`` is ``folder`` or inside it (after resolving links)."""
+    path, folder = os.path.realpath(os.fspath(path)), os.path.realpath(os.fspath(folder))
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_output_dir(path, files=(), inputs=(), overwrite: bool = False,
+                     flag: str = "--output_dir") -> str:
+    """Checks, before any work, that the folder ``path`` may receive ``files``; returns it absolute.
+
+    The rule for a folder of outputs: it is not an input folder (``inputs``: files and
+    folders, e.g. a dataset root), not inside one and does not contain one; none of
+    ``files`` (names relative to it) is an input file; an existing one is replaced only
+    with ``--overwrite``; the folder exists or can be created, and is writable. Other
+    files already in the folder (a training workdir's model, say) are left alone.
+
+    Raises:
+      ValueError, FileExistsError, PermissionError: as `check_output`.
+    """
+    target = os.path.realpath(os.fspath(path))
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(f"{flag}={path} is a file; expected a folder")
+    for item in inputs:
+        if item is None:
+            continue
+        source = os.path.realpath(os.fspath(item))
+        if os.path.isdir(source):
+            mixed = is_within(target, source) or is_within(source, target)
+        else:
+            mixed = source == target or source in (os.path.join(target, n) for n in files)
+        if mixed:
+            raise ValueError(f"{flag}={path} would mix outputs with the input {item}; "
+                             "choose a folder outside the inputs")
+    if not overwrite:
+        for name in files:
+            if os.path.exists(os.path.join(target, name)):
+                raise FileExistsError(f"{flag}={path} already holds {name}; pass --overwrite "
+                                      "to replace it, or choose a new folder")
+    _check_creatable(target, f"{flag}={path}")
     return target
 
 

@@ -185,6 +185,10 @@ def _per_video_csv(rows, names, probs, smoothed, labels, frames) -> bytes:
     return out.getvalue().encode()
 
 
+# What `write_report` may write into its folder.
+REPORT_FILES = (REPORT_FILE, CONFUSION_PNG, CONFUSION_SMOOTHED_PNG, F1_PNG, PER_VIDEO_DIR)
+
+
 def write_report(result: Dict, output_dir: str, extra: Optional[Dict] = None) -> Dict:
     """Writes evaluation.json, the PNGs and (videos) per-video CSVs, each atomically.
 
@@ -226,7 +230,7 @@ def write_report(result: Dict, output_dir: str, extra: Optional[Dict] = None) ->
 def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "validation",
              smooth_window: int = 1, output_dir: Optional[str] = None, batch_size: int = 64,
              input_size: Optional[int] = None, flip_average: bool = False,
-             **source_options) -> Dict:
+             overwrite: bool = False, **source_options) -> Dict:
     """Loads a model and a split, scores it, prints the tables and writes the report.
 
     Args:
@@ -239,11 +243,20 @@ def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "va
       input_size: decode size override (default: the model file's own, else the
         training run's, else 112).
       flip_average: average each image's probabilities with its mirror image's.
+      overwrite: replace report files already in ``output_dir``.
 
     Returns:
       The result of `evaluate_source` plus the run's description.
+
+    Raises:
+      ValueError, FileExistsError, PermissionError: ``output_dir`` may not be written
+        (checked before any work; see `fer_tf.atomic.check_output_dir`).
     """
     logging.info("fer_tf.evaluate: model %s", pretrained.describe(model))
+    if output_dir:
+        atomic.check_output_dir(
+            output_dir, REPORT_FILES, [pretrained.resolve(model)] + str(data_dir).split(","),
+            overwrite)
     classifier = inference.load_classifier(model, batch_size=batch_size, input_size=input_size,
                                            flip_average=flip_average)
     source = sources.load_source(dataset, data_dir, split, **source_options)
@@ -277,6 +290,7 @@ def _define_flags():
     flags.DEFINE_bool("keep_other", False, "Aff-Wild2 2022+ editions: keep the 8th class 'Other'.")
     flags.DEFINE_bool("flip_average", False, "Average each image's probabilities with its "
                       "mirror image's (test-time augmentation, twice the compute).")
+    flags.DEFINE_bool("overwrite", False, "Replace report files already in --output_dir.")
     flags.mark_flags_as_required(["dataset", "data_dir"])
 
 
@@ -286,7 +300,7 @@ def main(argv):
     options = {"keep_other": True} if FLAGS.keep_other else {}
     evaluate(FLAGS.model, FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.smooth_window,
              FLAGS.output_dir, FLAGS.batch_size, FLAGS.input_size, FLAGS.flip_average,
-             **options)
+             FLAGS.overwrite, **options)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Callable, Dict, Optional, Sequence
 import tensorflow as tf
 from absl import logging
 
-from fer_tf import classes, inference, pretrained
+from fer_tf import atomic, classes, inference, pretrained
 from fer_tf import model as model_lib
 from fer_tf.data import pipeline
 
@@ -169,7 +169,11 @@ def _metadata(model, class_names, source, decode_size):
     }
 
 
-def _check_destination(export_dir: str, overwrite: bool):
+def _check_destination(export_dir: str, overwrite: bool, source: Optional[str] = None):
+    """The export folder is replaced as a whole: it may not hold (or be) the model."""
+    if source and atomic.is_within(source, export_dir):
+        raise ValueError(f"export_dir {export_dir!r} holds the model being exported "
+                         f"({source}); export to a folder outside it, e.g. DIR/1")
     if os.path.lexists(export_dir):
         if not os.path.isdir(export_dir):
             raise FileExistsError(f"export_dir {export_dir!r} exists and is not a directory")
@@ -212,7 +216,7 @@ def export_saved_model(
     import keras
 
     export_dir = os.path.abspath(os.fspath(export_dir))
-    _check_destination(export_dir, overwrite)
+    _check_destination(export_dir, overwrite, source)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)
 
@@ -266,7 +270,7 @@ def export(model_path, export_dir, overwrite: bool = False,
     logging.info("fer_tf.export: model %s", pretrained.describe(model_path))
     source = resolve_model_path(pretrained.resolve(model_path))
     # Check the destination before the (slow) load so a mistake fails at once.
-    _check_destination(os.path.abspath(os.fspath(export_dir)), overwrite)
+    _check_destination(os.path.abspath(os.fspath(export_dir)), overwrite, source)
     model = load_model(source)
     contract = model_lib.input_contract(model)
     if decode_size is None:

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 from absl import app, flags
 
-from fer_tf import atomic
+from fer_tf import atomic, cli
 from fer_tf import model as model_lib
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -111,8 +111,7 @@ def _main(argv):
     if not src or not dst:
         raise app.UsageError("--src (a training workdir or .keras file) and --dst are required")
     source = model_lib.resolve_model_file(src)
-    if os.path.abspath(source) == os.path.abspath(dst):
-        raise app.UsageError(f"--dst={dst} is the input model; write the compact copy elsewhere")
+    atomic.check_output(dst, [source], flags.FLAGS.overwrite, flag="--dst")
     save_compact(model_lib.load_expression_model(source), dst)
     print(f"{dst}: {os.path.getsize(dst) / 1e6:.2f} MB (from {source})")
 
@@ -121,4 +120,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("src", None, "Training workdir (its best_model.keras) or .keras file.")
     flags.DEFINE_string("dst", None, "The compact .keras file to write, e.g. "
                          "fer_tf/models/fer2013.keras.")
-    app.run(_main)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --dst file.")
+    cli.run(_main, "fer_tf.pretrained")

@@ -65,3 +65,33 @@ def test_check_output_rules(tmp_path):
     with pytest.raises(ValueError, match="is a folder"):
         atomic.check_output(tmp_path, [])
     assert atomic.check_output(tmp_path / "new" / "deep" / "out.csv", []).endswith("out.csv")
+
+
+def test_check_output_dir_rules(tmp_path):
+    data = tmp_path / "data"
+    (data / "happy").mkdir(parents=True)
+    model = tmp_path / "run" / "best_model.keras"
+    model.parent.mkdir()
+    model.write_bytes(b"x")
+    inputs = [data, model]
+    for mixed in (data, data / "happy", data / "happy" / "report", tmp_path):
+        with pytest.raises(ValueError, match="would mix outputs with the input"):
+            atomic.check_output_dir(mixed, ["report.json"], inputs)
+    with pytest.raises(ValueError, match="would mix outputs with the input"):
+        atomic.check_output_dir(model.parent, ["best_model.keras"], inputs)
+    # Beside the model, in its training workdir, is fine: other files are left alone.
+    atomic.check_output_dir(model.parent, ["report.json"], inputs)
+    out = tmp_path / "out"
+    assert atomic.check_output_dir(out, ["report.json"], inputs) == str(out)
+    assert not out.exists()  # checking creates nothing
+    out.mkdir()
+    (out / "other.txt").write_text("kept")
+    atomic.check_output_dir(out, ["report.json"], inputs)  # unrelated files are fine
+    (out / "report.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already holds report.json; pass --overwrite"):
+        atomic.check_output_dir(out, ["report.json"], inputs)
+    atomic.check_output_dir(out, ["report.json"], inputs, overwrite=True)
+    with pytest.raises(ValueError, match="is a file; expected a folder"):
+        atomic.check_output_dir(out / "other.txt", ["report.json"], inputs)
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        atomic.check_output_dir(out / "other.txt" / "sub", ["report.json"], inputs)

@@ -143,3 +143,21 @@ def test_still_images_real_fer2013_no_smoothing(fer2013_dir, model_file):
     assert np.asarray(result["raw"]["confusion_matrix"]).sum() == 40
     preds = np.argmax(result["probabilities"], axis=1)
     assert result["raw"]["accuracy"] == pytest.approx(np.mean(preds == subset.labels), abs=1e-12)
+
+
+def test_report_folder_is_checked_before_any_work(demo_dir, model_file, tmp_path):
+    # Into the dataset, or replacing a report, is refused before the model is loaded
+    # (a missing model would otherwise be the error).
+    absent_model = str(tmp_path / "no_model.keras")
+    with pytest.raises(ValueError, match="would mix outputs with the input"):
+        evaluate.evaluate(absent_model, "demo", str(demo_dir), "validation",
+                          output_dir=str(demo_dir / "report"))
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / evaluate.REPORT_FILE).write_text("an earlier report")
+    with pytest.raises(FileExistsError, match="already holds evaluation.json; pass --overwrite"):
+        evaluate.evaluate(absent_model, "demo", str(demo_dir), "validation", output_dir=str(out))
+    assert (out / evaluate.REPORT_FILE).read_text() == "an earlier report"
+    evaluate.evaluate(str(model_file), "demo", str(demo_dir), "validation", output_dir=str(out),
+                      batch_size=16, overwrite=True)
+    assert json.loads((out / evaluate.REPORT_FILE).read_text())["split"] == "validation"

@@ -242,6 +242,21 @@ def test_existing_export_kept_unless_overwrite(trained, tmp_path):
     assert export_dir.stat().st_mode & 0o777 == 0o777 & ~umask
 
 
+def test_export_folder_holding_the_model_is_refused_even_with_overwrite(trained, tmp_path):
+    keras_model, path = trained
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    model_file = workdir / "best_model.keras"
+    model_file.write_bytes(path.read_bytes())
+    for export_dir in (workdir, tmp_path):
+        with pytest.raises(ValueError, match="holds the model being exported"):
+            export.export(model_file, export_dir, overwrite=True)
+    assert model_file.read_bytes() == path.read_bytes()
+    with pytest.raises(ValueError, match="holds the model being exported"):
+        export.export_saved_model(keras_model, workdir, overwrite=True, source=str(model_file))
+    assert sorted(os.listdir(workdir)) == ["best_model.keras"]
+
+
 def _flag_values(*argv):
     flag_values = export.define_flags(flags.FlagValues())
     flag_values(["fer_tf.export", *argv])

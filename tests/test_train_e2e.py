@@ -179,6 +179,13 @@ def test_resume_refuses_changed_critical_flags_and_allows_harmless_ones(tmp_path
     ("fer_tf.predict", ["--input={tmp}/absent.jpg"], "absent.jpg not found"),
     ("fer_tf.evaluate", ["--dataset=affectnet", "--data_dir={tmp}"], "unknown dataset 'affectnet'"),
     ("fer_tf.export", ["--model={tmp}/no_run", "--export_dir={tmp}/1"], "no_run"),
+    ("fer_tf.pretrained", ["--src={tmp}/no_run", "--dst={tmp}/m.keras"], "no_run"),
+    ("weights_conversion", ["--src={tmp}/senet50_ft_weight.pkl", "--dst={tmp}/w.weights.h5"],
+     "senet50_ft_weight.pkl' not found"),
+    ("fer_tf.data.stats", ["--dataset=affectnet", "--data_dir={tmp}"], "unknown dataset"),
+    ("fer_tf.data.prepare", ["--dataset=affwild2", "--manual_dir={tmp}", "--data_dir={tmp}/in"],
+     "would mix outputs with the input"),
+    ("fer_tf.data.demo", ["--out_dir={tmp}/.."], "holds no demo dataset"),
 ], ids=lambda v: v if isinstance(v, str) and v.startswith("fer_tf") else None)
 def test_user_errors_are_one_line_and_exit_2(tmp_path, module, args, expected):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -135,6 +135,12 @@ def test_small_variant_and_ferplus_style_dag_with_verify(tmp_path):
     meta = convert.convert(src, tmp_path / "fp.weights.h5", verify=True)
     assert meta["classes"] == 8 and meta["blocks"] == [1, 1]
     assert max(meta["verification_relative_error"].values()) <= TOLERANCE
+    # An existing output is replaced only with overwrite; the source never is.
+    written = (tmp_path / "fp.weights.h5").read_bytes()
+    with pytest.raises(FileExistsError, match="--dst=.*fp.weights.h5 exists; pass --overwrite"):
+        convert.convert(src, tmp_path / "fp.weights.h5")
+    assert convert.convert(src, tmp_path / "fp.weights.h5", overwrite=True)["classes"] == 8
+    assert (tmp_path / "fp.weights.h5").read_bytes()[:8] == written[:8]
 
 
 def _small_pkl(tmp_path, mutate):

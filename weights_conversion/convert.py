@@ -141,7 +141,7 @@ def build_model_for(arrays, input_shape=(224, 224, 3)):
     )
 
 
-def convert(src, dst, fmt="auto", verify=False, verify_tolerance=1e-5):
+def convert(src, dst, fmt="auto", verify=False, verify_tolerance=1e-5, overwrite=False):
     """Converts release file `src` into Keras weights `dst` (+ metadata JSON beside it).
 
     Args:
@@ -150,6 +150,7 @@ def convert(src, dst, fmt="auto", verify=False, verify_tolerance=1e-5):
       fmt: 'auto', 'pkl' or 'dag'.
       verify: also run the PyTorch reference on the source weights and compare.
       verify_tolerance: maximum relative error of logits and pooled features.
+      overwrite: replace an existing `dst` (and its metadata JSON).
 
     Returns:
       The metadata dict written beside `dst`.
@@ -162,6 +163,8 @@ def convert(src, dst, fmt="auto", verify=False, verify_tolerance=1e-5):
             f"source weights {src!r} not found; expected senet50_ft_weight.pkl (VGGFace2-pytorch) "
             "or senet50_ft_dag.pth / senet50_ferplus_dag.pth (Oxford pytorch-mcn)"
         )
+    for out in (dst, senet.metadata_path(dst)):  # before the (slow) read
+        atomic.check_output(out, [src], overwrite, flag="--dst")
     logging.info("Reading %s", src)
     source_arrays, detected = checkpoints.read_checkpoint(src, fmt)
     arrays = source_arrays

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from absl import app, flags, logging
 
-from fer_tf import atomic, classes
+from fer_tf import atomic, classes, cli
 
 MARKER = ".demo_complete.json"
 CROP_SIZE = 112
@@ -272,8 +272,8 @@ def write_demo_dataset(out_dir, train_videos: int = 16, val_videos: int = 5,
       labelled / unannotated / missing-crop frame counts and per-class counts.
 
     Raises:
-      ValueError: bad sizes, or ``out_dir`` holds a complete demo dataset written
-        with different arguments.
+      ValueError: bad sizes, ``out_dir`` holds a complete demo dataset written
+        with different arguments, or other files than a demo dataset's.
     """
     if train_videos < 2 or val_videos < 1 or frames_per_video < 20:
         raise ValueError("need train_videos >= 2, val_videos >= 1, frames_per_video >= 20; got "
@@ -291,6 +291,15 @@ def write_demo_dataset(out_dir, train_videos: int = 16, val_videos: int = 5,
                              "or delete it")
         logging.info("demo dataset already complete in %s; not rewritten", out_dir)
         return summary
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        # An unfinished demo write leaves its split folders only; anything else is not ours.
+        foreign = sorted(name for name in os.listdir(out_dir)
+                         if name not in ("annotations", "cropped_aligned")
+                         and not name.startswith(MARKER + "."))
+        if foreign:
+            raise ValueError(f"--out_dir={out_dir} is not empty and holds no demo dataset "
+                             f"(found {foreign[0]}); choose a new or empty folder")
+    atomic.check_output_dir(out_dir, flag="--out_dir")
 
     rng = np.random.default_rng(seed)
     summary = {"args": args, "splits": {}}
@@ -344,4 +353,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("frames_per_video", 125, "Annotated frames per video.")
     flags.DEFINE_integer("seed", 0, "Random seed; the output is a function of the flags.")
     flags.mark_flag_as_required("out_dir")
-    app.run(main)
+    cli.run(main, "fer_tf.data.demo")

@@ -15,6 +15,8 @@ import time
 
 from absl import app, flags, logging
 
+from fer_tf import atomic, cli
+
 FLAGS = flags.FLAGS
 
 
@@ -35,6 +37,9 @@ def prepare(dataset: str, manual_dir, data_dir, **options) -> dict:
     # Imported here so that `--help` and flag errors do not wait for TensorFlow.
     from fer_tf.data import tfds_builders
 
+    # TFDS writes <data_dir>/<name>/<version>/ and reuses a finished build; records
+    # written among (or around) the source images would mix the two.
+    atomic.check_output_dir(data_dir, inputs=[manual_dir], flag="--data_dir")
     start = time.monotonic()
     logging.info("Building %s from %s into %s", dataset, manual_dir, data_dir)
     builder = tfds_builders.build(dataset, manual_dir, data_dir, **options)
@@ -59,4 +64,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "fer_tf.data.prepare")

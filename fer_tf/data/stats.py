@@ -13,7 +13,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from fer_tf import atomic
+from fer_tf import atomic, cli
 from fer_tf.data import examples, sources
 
 FLAGS = flags.FLAGS
@@ -75,8 +75,16 @@ def plot_distribution(stats: dict, path) -> None:
 
 
 def run(dataset: str, data_dir, split: str, output_json: Optional[str] = None,
-        plot: Optional[str] = None, **options) -> dict:
-    """Reads the split, prints the table, writes the optional JSON and plot."""
+        plot: Optional[str] = None, overwrite: bool = False, **options) -> dict:
+    """Reads the split, prints the table, writes the optional JSON and plot.
+
+    Both outputs are checked first (`fer_tf.atomic.check_output`): never the dataset's
+    own files; an existing file is replaced only with ``overwrite``.
+    """
+    inputs = str(data_dir).split(",")
+    for path, flag in ((output_json, "--output_json"), (plot, "--plot")):
+        if path:
+            atomic.check_output(path, inputs, overwrite, flag=flag)
     images = sources.load_source(dataset, data_dir, split, **options)
     stats = class_statistics(images, dataset, split)
     print(format_table(stats))
@@ -94,6 +102,7 @@ def define_flags():
     flags.DEFINE_string("split", "train", "train, validation or test.")
     flags.DEFINE_string("output_json", None, "Write the statistics here.")
     flags.DEFINE_string("plot", None, "Write a bar plot (PNG) here.")
+    flags.DEFINE_bool("overwrite", False, "Replace existing --output_json / --plot files.")
     flags.DEFINE_bool("keep_other", None, "affwild2/demo: keep the 'Other' class.")
     flags.DEFINE_string("cache_dir", None, "expw: crop cache (default <data_dir>/fer_tf_crops).")
     flags.DEFINE_float("margin", None, "expw: box margin.")
@@ -108,9 +117,10 @@ def main(argv):
     options = {name: FLAGS[name].value
                for name in ("keep_other", "cache_dir", "margin", "min_confidence")
                if FLAGS[name].value is not None}
-    run(FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.output_json, FLAGS.plot, **options)
+    run(FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.output_json, FLAGS.plot,
+        FLAGS.overwrite, **options)
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "fer_tf.data.stats")

@@ -87,6 +87,13 @@ def test_deterministic_and_idempotent(small, tmp_path):
     assert other["args"]["seed"] == 1
 
 
+def test_folder_of_other_files_is_refused(tmp_path):
+    (tmp_path / "holiday.jpg").write_bytes(b"someone's photo")
+    with pytest.raises(ValueError, match="not empty and holds no demo dataset .found holiday.jpg"):
+        demo.write_demo_dataset(tmp_path, **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holiday.jpg"]
+
+
 def _hog(gray, cell=8, bins=9):
     """A plain gradient-orientation histogram (opencv-headless has no HOGDescriptor)."""
     g = gray.astype(np.float32)

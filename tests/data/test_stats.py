@@ -28,6 +28,15 @@ def test_json_numbers_on_generated_tree(tmp_path):
     assert written["fractions"]["Happiness"] == pytest.approx(4 / 11, abs=1e-12)
     png = (tmp_path / "p.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    # A second run replaces the outputs only when asked; an input is never an output.
+    with pytest.raises(FileExistsError, match="--output_json=.*exists; pass --overwrite"):
+        stats.run("affwild2", root, "train", output_json=out)
+    stats.run("affwild2", root, "train", output_json=out, plot=tmp_path / "p.png",
+              overwrite=True)
+    annotation = next(root.rglob("*.txt"))
+    with pytest.raises(ValueError, match="--plot=.*is also an input"):
+        stats.run("affwild2", root, "train", plot=root, overwrite=True)
+    assert annotation.read_bytes()  # untouched
 
 
 def test_paper_weights_from_paper_counts():
