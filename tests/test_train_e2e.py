@@ -3,10 +3,14 @@
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
@@ -196,3 +200,66 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, module, args, expected):
     assert "Traceback" not in proc.stderr and "--helpfull" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if f"{module}: error:" in line]
     assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+
+
+def _sigkill_after_first_checkpoint(args, cwd, checkpoint_index, timeout=300):
+    """Starts a training process and kill -9s it once its first checkpoint is complete."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen([sys.executable, "-m", "fer_tf.train"] + args, cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        # tf.train.CheckpointManager writes the index file last: the checkpoint is whole.
+        while not checkpoint_index.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within the time limit"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        proc.stderr.close()
+    return proc.returncode
+
+
+def _last_checkpoint(workdir):
+    """Every tensor of the workdir's last checkpoint: model, optimiser, update, random state."""
+    path = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
+    reader = tf.train.load_checkpoint(path)
+    return os.path.basename(path), {name: reader.get_tensor(name)
+                                    for name in reader.get_variable_to_shape_map()}
+
+
+def test_sigkill_after_a_checkpoint_resumes_bit_identical(tmp_path):
+    """Augmentation on (flip, affine, ColorJitter, RandomErasing): a run killed with SIGKILL
+    after a checkpoint and rerun ends with the uninterrupted run's weights and result.json.
+    Tolerance: none (bit-identical on CPU)."""
+    from fer_tf.data import demo  # pylint: disable=import-outside-toplevel
+    data = tmp_path / "data"
+    demo.write_demo_dataset(data, train_videos=2, val_videos=1, frames_per_video=40, seed=3)
+    common = ["--dataset=affwild2", f"--data_dir={data}", "--backbone=tiny", "--random_init",
+              "--image_size=64", "--batch_size=8", "--micro_batches=2", "--max_updates=40",
+              "--checkpoint_every=8", "--validate_every=20", "--log_every=10", "--augment",
+              "--aug_shift=0.1", "--aug_scale=0.1", "--aug_rotation=10", "--aug_erasing=0.5",
+              "--class_weights=none", "--seed=4"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert _run(common + [f"--workdir={full}"], cwd=tmp_path).returncode == 0
+    code = _sigkill_after_first_checkpoint(common + [f"--workdir={killed}"], tmp_path,
+                                           killed / "checkpoints" / "checkpoint")
+    assert code == -signal.SIGKILL
+    partial = killed / "result.json"  # stopped mid-run: no result yet, or an unfinished one
+    assert not partial.exists() or not json.loads(partial.read_text()).get("finished")
+    resumed = _run(common + [f"--workdir={killed}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resumed from" in resumed.stderr
+    name_full, tensors_full = _last_checkpoint(full)
+    name_killed, tensors_killed = _last_checkpoint(killed)
+    assert name_killed == name_full and tensors_killed.keys() == tensors_full.keys()
+    for key, value in tensors_full.items():
+        np.testing.assert_array_equal(tensors_killed[key], value, err_msg=key)
+    result_full = json.loads((full / "result.json").read_text())
+    result_killed = json.loads((killed / "result.json").read_text())
+    for key in ("updates", "best_step", "val_abaw_score", "val_f1", "val_accuracy",
+                "val_per_class_f1"):
+        assert result_killed[key] == result_full[key], key
