@@ -11,7 +11,7 @@ and keeps its traceback.
 
 import sys
 
-from absl import app
+from absl import app, flags
 
 USER_ERRORS = (app.UsageError, ValueError, FileNotFoundError, FileExistsError,
                PermissionError, IsADirectoryError, NotADirectoryError)
@@ -28,6 +28,18 @@ def _guarded(main, prog):
     return wrapper
 
 
+def _flags_parser(prog):
+    """absl's parser, with a bad flag (unknown, malformed, missing) as one line, exit 2
+    (absl itself prints two lines and exits 1)."""
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            print(f"{prog}: error: {' '.join(str(error).split())}", file=sys.stderr)
+            sys.exit(2)
+    return parse
+
+
 def run(main, prog: str):
     """`absl.app.run(main)` with user errors turned into one line and exit code 2."""
-    app.run(_guarded(main, prog))
+    app.run(_guarded(main, prog), flags_parser=_flags_parser(prog))

@@ -180,7 +180,10 @@ def test_resume_refuses_changed_critical_flags_and_allows_harmless_ones(tmp_path
 @pytest.mark.parametrize("module, args, expected", [
     ("fer_tf.train", ["--flagfile=configs/demo.cfg", "--workdir={tmp}/w", "--batch_size=30",
                       "--micro_batches=4"], "--batch_size=30 is not divisible"),
+    ("fer_tf.train", ["--flagfile=configs/demo.cfg", "--lr_head=abc"],
+     "flag --lr_head=abc: could not convert"),
     ("fer_tf.predict", ["--input={tmp}/absent.jpg"], "absent.jpg not found"),
+    ("fer_tf.predict", ["--no_such_flag"], "Unknown command line flag 'no_such_flag'"),
     ("fer_tf.evaluate", ["--dataset=affectnet", "--data_dir={tmp}"], "unknown dataset 'affectnet'"),
     ("fer_tf.export", ["--model={tmp}/no_run", "--export_dir={tmp}/1"], "no_run"),
     ("fer_tf.pretrained", ["--src={tmp}/no_run", "--dst={tmp}/m.keras"], "no_run"),

@@ -199,6 +199,16 @@ def test_non_checkpoint_files_are_rejected_clearly(tmp_path, content):
     assert not dst.exists()
 
 
+def test_truncated_torch_save_is_called_truncated(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, whole)
+    cut = tmp_path / "senet50_ft_dag.pth"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(checkpoints.NotACheckpointError,
+                       match="senet50_ft_dag.pth: a truncated or damaged torch.save"):
+        convert.convert(cut, tmp_path / "out.weights.h5")
+
+
 def test_missing_source_and_bad_destination(tmp_path):
     with pytest.raises(FileNotFoundError, match="senet50_ft_weight.pkl"):
         convert.convert(tmp_path / "absent.pkl", tmp_path / "o.weights.h5")

@@ -60,6 +60,10 @@ def _load_pickle(path):
     with open(path, "rb") as f:
         head = f.read(2)
         f.seek(0)
+        if head == b"PK":  # a zip that zipfile cannot open: its end (directory) is missing
+            raise NotACheckpointError(
+                f"{path}: a truncated or damaged torch.save (zip) file; download it again "
+                "(compare its size or checksum with the release's)")
         if not head.startswith(b"\x80"):
             raise NotACheckpointError(
                 f"{path}: not a pickle or a torch.save file (first bytes {head!r}); expected "

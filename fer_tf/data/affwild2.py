@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from fer_tf import classes
-from fer_tf.data import examples
+from fer_tf.data import examples, text
 
 # Split name -> folder names used by the ABAW editions (2020: Training_Set, 2021+: Train_Set).
 SPLIT_FOLDERS = {
@@ -199,8 +199,7 @@ def parse_annotation_file(path, keep_other: bool = False) -> Tuple[np.ndarray, i
         outside the header's range; the message names the file and line number.
     """
     path = os.fspath(path)
-    with open(path, "r", encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
+    lines = text.read_lines(path, "utf-8-sig")
     if not lines or not lines[0].strip():
         raise ValueError(f"{path}:1: empty file; expected a header such as "
                          f"{','.join(classes.CLASS_NAMES)}")

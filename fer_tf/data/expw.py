@@ -25,7 +25,7 @@ import tqdm
 from absl import logging
 
 from fer_tf import atomic, classes
-from fer_tf.data import examples
+from fer_tf.data import examples, text
 
 LABEL_FILES = (os.path.join("label", "label.lst"), "label.lst")
 IMAGE_DIRS = (os.path.join("image", "origin"), "origin", "image")
@@ -125,36 +125,35 @@ def parse_label_file(path) -> Tuple[List[Face], int, int]:
     path = os.fspath(path)
     faces, seen = [], set()
     lines = duplicates = 0
-    with open(path, "r", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            lines += 1
-            if len(fields) != 8:
-                raise ValueError(
-                    f"{path}:{number}: expected 8 space-separated fields (image_name face_id "
-                    f"top left right bottom confidence label), got {len(fields)}: {line.strip()!r}"
-                )
-            try:
-                face = Face(
-                    fields[0], int(fields[1]), int(fields[2]), int(fields[3]), int(fields[4]),
-                    int(fields[5]), float(fields[6]), int(fields[7]),
-                )
-            except ValueError:
-                raise ValueError(
-                    f"{path}:{number}: fields 2-6 and 8 must be integers and field 7 a number, "
-                    f"got {line.strip()!r}"
-                ) from None
-            if not 0 <= face.label < len(classes.EXPW_TO_ABAW):
-                raise ValueError(
-                    f"{path}:{number}: expression label {face.label} outside 0..6 in {line.strip()!r}"
-                )
-            if face in seen:
-                duplicates += 1
-                continue
-            seen.add(face)
-            faces.append(face)
+    for number, line in enumerate(text.read_lines(path), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        lines += 1
+        if len(fields) != 8:
+            raise ValueError(
+                f"{path}:{number}: expected 8 space-separated fields (image_name face_id "
+                f"top left right bottom confidence label), got {len(fields)}: {line.strip()!r}"
+            )
+        try:
+            face = Face(
+                fields[0], int(fields[1]), int(fields[2]), int(fields[3]), int(fields[4]),
+                int(fields[5]), float(fields[6]), int(fields[7]),
+            )
+        except ValueError:
+            raise ValueError(
+                f"{path}:{number}: fields 2-6 and 8 must be integers and field 7 a number, "
+                f"got {line.strip()!r}"
+            ) from None
+        if not 0 <= face.label < len(classes.EXPW_TO_ABAW):
+            raise ValueError(
+                f"{path}:{number}: expression label {face.label} outside 0..6 in {line.strip()!r}"
+            )
+        if face in seen:
+            duplicates += 1
+            continue
+        seen.add(face)
+        faces.append(face)
     return faces, lines, duplicates
 
 

@@ -73,7 +73,8 @@ def read_image_folder(
     if unknown:
         raise ValueError(
             f"{split_dir}: class folders {unknown} are not in the class map; known names: "
-            f"{sorted(mapping)}. Rename the folders or pass class_map={{folder: index}}."
+            f"{sorted(mapping)}. Rename the folders to these names (or, from Python, pass "
+            "read_image_folder(..., class_map={folder: index}))."
         )
     suffixes = tuple(s.lower() for s in extensions)
     paths, labels = [], []

@@ -120,6 +120,15 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, line):
         affwild2.read_affwild2(tmp_path, "train")
 
 
+def test_non_utf8_byte_names_file_and_line(tmp_path):
+    ann = tmp_path / "annotations" / "EXPR_Set" / "Train_Set"
+    ann.mkdir(parents=True)
+    (tmp_path / "cropped_aligned").mkdir()
+    (ann / "latin.txt").write_bytes((dataset_trees.HEADER7 + "\n0\n").encode() + b"\xe9\n")
+    with pytest.raises(ValueError, match=r"latin\.txt:3: byte 0xe9 is not utf-8-sig text"):
+        affwild2.read_affwild2(tmp_path, "train")
+
+
 def test_unknown_header_class(tmp_path):
     ann = tmp_path / "annotations" / "EXPR_Set" / "Train_Set"
     ann.mkdir(parents=True)

@@ -107,6 +107,14 @@ def test_malformed_line_names_file_and_line(tmp_path, line, what):
         _read(root, tmp_path / "cache")
 
 
+def test_non_utf8_byte_names_file_and_line(tmp_path):
+    root = dataset_trees.write_expw(tmp_path / "expw", ["p1.jpg 0 10 20 50 40 0.95 3"])
+    label_file = root / "label" / "label.lst"
+    label_file.write_bytes(label_file.read_bytes() + "café.jpg 0 1 2 3 4 0.9 3\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"label\.lst:2: byte 0xe9 is not utf-8 text"):
+        _read(root, tmp_path / "cache")
+
+
 def test_missing_label_file_lists_expected_paths(tmp_path):
     (tmp_path / "image" / "origin").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"label[/\\]label\.lst"):
