@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-# VGGFace2 mean (BGR), as fer_tf.data.preprocessing; repeated so the PyTorch side does
+# VGGFace2 mean (BGR), as fer_tf.preprocessing; repeated so the PyTorch side does
 # not import TensorFlow code.
 _MEAN_BGR = (91.4953, 103.8827, 131.0912)
 # Class weights of the paper (reference/datasets.md).

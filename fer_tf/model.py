@@ -16,8 +16,8 @@ import tensorflow as tf
 from keras import layers
 
 from fer_tf import classes, senet
-from fer_tf.data import augment as augment_lib
-from fer_tf.data import preprocessing
+from fer_tf import augment as augment_lib
+from fer_tf import preprocessing
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fer_tf import model as model_lib
-from fer_tf.data import preprocessing
+from fer_tf import preprocessing
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_compact_stem_refuses_vggface2_weights(tmp_path):
 
 
 def test_grayscale_model_sees_colour_as_its_gray_version():
-    from fer_tf.data import augment  # pylint: disable=import-outside-toplevel
+    from fer_tf import augment  # pylint: disable=import-outside-toplevel
 
     model = model_lib.build_expression_model("fer48_w16", grayscale=True)
     colour_model = model_lib.build_expression_model("fer48_w16", grayscale=False)

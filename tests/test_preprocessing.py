@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from fer_tf.data import preprocessing
+from fer_tf import preprocessing
 
 
 def test_network_input_is_bgr_minus_vggface2_mean():

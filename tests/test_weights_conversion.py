@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch extra is needed to build reference checkpoints")
 
 from fer_tf import senet  # noqa: E402
-from fer_tf.data.preprocessing import VGGFACE2_MEAN_BGR  # noqa: E402
+from fer_tf.preprocessing import VGGFACE2_MEAN_BGR  # noqa: E402
 from weights_conversion import checkpoints, convert, torch_senet, verify  # noqa: E402
 
 TOLERANCE = 1e-5

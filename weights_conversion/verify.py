@@ -3,7 +3,7 @@ ones, with the same random image, and measures the relative error per stage."""
 
 import numpy as np
 
-from fer_tf.data.preprocessing import VGGFACE2_MEAN_BGR
+from fer_tf.preprocessing import VGGFACE2_MEAN_BGR
 from weights_conversion import convert as convert_lib
 
 

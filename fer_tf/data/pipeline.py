@@ -4,9 +4,8 @@ Elements are ``(images, labels, weights)``: uint8 RGB [B, S, S, 3], int32 [B],
 float32 [B] (the class weight of each label, or 1). The CPU side only decodes
 and resizes to the storage size (Aff-Wild2 crops are 112x112 already); the
 paper's augmentation, the resize to 224 and the BGR-mean normalisation run
-batched inside the train step (fer_tf.model), where an accelerator does them
-for free. ``augment=True`` instead does resize-224 + flip + ColorJitter here on
-the CPU (uint8 224 out), for comparison and for CPU-only setups.
+batched inside the model (fer_tf.model, fer_tf.augment), where an accelerator
+does them for free.
 
 Corrupt files. tf.data has no per-element try/except that keeps the failing
 element's identity: ``ignore_errors`` drops an element with, at best, the
@@ -22,9 +21,8 @@ So an epoch never crashes and nothing is dropped silently. The check reads
 2 x 1 KiB per file (about 2 s per 100k files on a local disk).
 
 Resuming. The recommended way is ``skip_batches=N`` (N = batches already
-consumed, e.g. the optimiser step x accumulation): with a fixed seed, shuffle
-and augmentation draws are deterministic functions of the position, and
-skipping happens on the (path, label) stream before any decoding, so it is
+consumed, e.g. the optimiser step x accumulation): with a fixed seed, the
+shuffle is a deterministic function of the position, and skipping happens on the (path, label) stream before any decoding, so it is
 cheap and the checkpoint holds one integer. Checkpointing the iterator with
 ``tf.train.Checkpoint(data=iterator)`` works too, but stores the shuffle buffer
 (all paths of the dataset) in every checkpoint.
@@ -36,9 +34,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fer_tf.data import augment as augment_lib
 from fer_tf.data import class_weights as class_weights_lib
-from fer_tf.data import preprocessing
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -225,37 +221,9 @@ def decode_image(data, size: int):
     return resize_uint8(image, size)
 
 
-# XLA fuses the ~100 elementwise passes of flip + jitter (3x faster on CPU), but its
-# bilinear resize is 10x slower than TF's kernel on CPU (190 vs 18 ms per 64 images
-# at 224, measured here), so the resize stays outside the compiled function.
-_flip_and_jitter_xla = tf.function(augment_lib.random_flip_and_jitter, jit_compile=True,
-                                   reduce_retracing=True)
-
-
-def augment_batch(images, seed):
-    """The paper's CPU-side augmentation of a uint8 batch: resize 224, flip, jitter -> uint8.
-
-    Args:
-      images: uint8 RGB [B, H, W, 3].
-      seed: int [2] tensor; the pipeline uses (seed, batch index).
-    """
-    x = preprocessing.resize(images, preprocessing.NETWORK_INPUT_SIZE) / 255.0
-    x = _flip_and_jitter_xla(x, tf.cast(seed, tf.int64))
-    return tf.cast(tf.round(x * 255.0), tf.uint8)
-
-
-def _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches, num_parallel_calls):
+def _finish(ds, batch_size, drop_remainder, num_parallel_calls):
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=num_parallel_calls,
                   deterministic=True)
-    if augment:
-        # One seed per batch from its global position, so a resumed run draws the same.
-        def augment_at(index, batch):
-            images, labels, weights = batch
-            batch_seed = tf.stack([tf.constant(seed, tf.int64), index])
-            return augment_batch(images, batch_seed), labels, weights
-
-        ds = ds.enumerate(start=skip_batches).map(
-            augment_at, num_parallel_calls=num_parallel_calls, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     # The only stateful op is the logging of dropped files (_decode_naming_drops); it holds
@@ -394,7 +362,7 @@ class DecodedImages:
 
 def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool = True,
                  seed: int = 0, repeat: bool = False, class_weights=None,
-                 drop_remainder: bool = False, augment: bool = False,
+                 drop_remainder: bool = False,
                  num_parallel_calls=AUTOTUNE, skip_corrupt: bool = True,
                  skip_batches: int = 0) -> tf.data.Dataset:
     """Batches of (uint8 RGB images, int32 labels, float32 weights) from labelled files.
@@ -407,12 +375,11 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
         (bilinear, antialiased) unless already that size.
       shuffle: full uniform shuffle of the file list (as PyTorch's RandomSampler),
         different in each epoch/iteration, the same for the same seed.
-      seed: shuffle and augmentation seed.
+      seed: shuffle seed.
       repeat: repeat forever (epochs follow each other without a gap).
       class_weights: per-class weights (len = number of classes) or None for 1.
       drop_remainder: drop the last incomplete batch.
-      augment: resize to 224 + flip + ColorJitter here on the CPU (uint8 224 out).
-      num_parallel_calls: parallelism of decode/augment maps (AUTOTUNE by default).
+      num_parallel_calls: parallelism of the decoding map (AUTOTUNE by default).
       skip_corrupt: pre-check files and drop undecodable ones with a logged count
         (see module docstring); False decodes everything and fails on a bad file.
       skip_batches: batches to skip from the start (resume), before decoding.
@@ -432,8 +399,7 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
         ds = _ordered(tf.data.Dataset.from_tensor_slices(
             (images.pixels, tf.constant(images.labels, tf.int32), tf.constant(weights, tf.float32))),
             len(images), shuffle, seed, repeat, skip_batches * batch_size)
-        return _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches,
-                       num_parallel_calls)
+        return _finish(ds, batch_size, drop_remainder, num_parallel_calls)
     paths = list(images.paths)
     labels = np.asarray(images.labels, np.int64)
     if skip_corrupt:
@@ -456,14 +422,13 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
         ds = stream(skip_batches * batch_size).map(
             lambda p, y, w: (decode_image(tf.io.read_file(p), image_size), y, w),
             num_parallel_calls=num_parallel_calls, deterministic=True)
-    return _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches,
-                   num_parallel_calls)
+    return _finish(ds, batch_size, drop_remainder, num_parallel_calls)
 
 
 def make_dataset_from_records(records: tf.data.Dataset, batch_size: int, image_size: int = 112,
                               shuffle: bool = True, seed: int = 0, shuffle_buffer: int = 20000,
                               repeat: bool = False, class_weights=None,
-                              drop_remainder: bool = False, augment: bool = False,
+                              drop_remainder: bool = False,
                               num_parallel_calls=AUTOTUNE, skip_batches: int = 0
                               ) -> tf.data.Dataset:
     """The same batches from a TFDS split (fer_tf.data.tfds_builders.load).
@@ -505,5 +470,4 @@ def make_dataset_from_records(records: tf.data.Dataset, batch_size: int, image_s
     ds = ds.map(to_example, num_parallel_calls=num_parallel_calls, deterministic=True)
     # Records were validated when built; a bad one is still dropped with a warning.
     ds = ds.ignore_errors(log_warning=True)
-    return _finish(ds, batch_size, drop_remainder, augment, seed, skip_batches,
-                   num_parallel_calls)
+    return _finish(ds, batch_size, drop_remainder, num_parallel_calls)

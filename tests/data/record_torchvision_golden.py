@@ -5,7 +5,7 @@ Run with an interpreter that has torch + torchvision (kept out of the project's 
     /work/tv_venv/bin/pip install torch==2.14.1 torchvision==0.29.1 numpy
     /work/tv_venv/bin/python tests/data/record_torchvision_golden.py
 
-tests/data/test_augment.py compares fer_tf.data.augment against these files
+tests/test_augment.py compares fer_tf.augment against these files
 without needing torch. Inputs are float32 RGB in [0, 1], stored channels-last.
 """
 

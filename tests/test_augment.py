@@ -1,4 +1,4 @@
-"""fer_tf.data.augment against torchvision: a numpy reference and recorded golden outputs.
+"""fer_tf.augment against torchvision: a numpy reference and recorded golden outputs.
 
 Tolerance: 2e-6 absolute on [0, 1] values (float32 summation order in the
 contrast mean and HSV round trips; measured max difference ~8e-7).
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf.data import augment
+from fer_tf import augment
 
 ATOL = 2e-6
-GOLDEN = pathlib.Path(__file__).resolve().parent / "golden" / "color_jitter.npz"
+GOLDEN = pathlib.Path(__file__).resolve().parent / "data" / "golden" / "color_jitter.npz"
 
 
 # ---------------------------------------------------------------- numpy reference
