@@ -23,7 +23,7 @@ import numpy as np
 # VGGFace2 mean (BGR), as fer_tf.preprocessing; repeated so the PyTorch side does
 # not import TensorFlow code.
 _MEAN_BGR = (91.4953, 103.8827, 131.0912)
-# Class weights of the paper (reference/datasets.md).
+# Class weights of the paper (docs/datasets.md).
 _CLASS_WEIGHTS = (1.0, 22.92, 37.5, 50.66, 3.47, 5.79, 13.55)
 # (blocks, base width, input size) of the backbones in fer_tf.model.BACKBONES.
 _TORCH_BACKBONES = {"senet50": ((3, 4, 6, 3), 64, 224), "small": ((1, 1, 1, 1), 32, 112),

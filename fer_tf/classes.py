@@ -8,7 +8,7 @@ NUM_CLASSES = len(CLASS_NAMES)
 OTHER_CLASS_NAME = "Other"
 
 # ExpW label.lst: 0 angry, 1 disgust, 2 fear, 3 happy, 4 sad, 5 surprise, 6 neutral.
-# EXPW_TO_ABAW[expw_label] is the ABAW index (reference/datasets.md).
+# EXPW_TO_ABAW[expw_label] is the ABAW index (docs/datasets.md).
 EXPW_TO_ABAW = (1, 2, 3, 4, 5, 6, 0)
 
 # FER2013 image-folder class names -> ABAW index.

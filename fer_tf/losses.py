@@ -3,7 +3,7 @@
 The paper trains with ``torch.nn.CrossEntropyLoss(weight=w)``, whose mean divides the
 sum of weighted per-example losses by the *sum of the targets' weights*, not by the
 batch size (Keras' default reduction, which is 17.5x off with the paper's weights and
-varies with the class mix of each batch; reference/training-recipe.md).
+varies with the class mix of each batch; docs/training_recipe.md).
 
 With gradient accumulation and several replicas the denominator must be the weight sum
 of the *whole* 256-image batch, so the pieces are exposed separately:

@@ -1,6 +1,6 @@
 """The ABAW expression score: 0.67 * macro F1 + 0.33 * accuracy.
 
-Two forms with one definition (reference/evaluation.md):
+Two forms with one definition (docs/evaluation.md):
 - numpy functions (`confusion_matrix`, `scores_from_confusion`, `abaw_score`) for
   evaluation scripts and tests;
 - `AbawScore`, a streaming Keras metric that accumulates a confusion matrix, so the
@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from fer_tf.classes import NUM_CLASSES
 
-# The ABAW 2020/2021 expression-track weights (reference/evaluation.md).
+# The ABAW 2020/2021 expression-track weights (docs/evaluation.md).
 F1_WEIGHT = 0.67
 ACCURACY_WEIGHT = 0.33
 

@@ -7,7 +7,7 @@ momentum 0.9, ``weight_decay=0.005``. PyTorch's weight decay is *coupled* L2: it
     g' = g + wd * w;  buf = m * buf + g';  w -= lr_group * buf
 
 Keras' own ``weight_decay`` is decoupled (about 9% off on the backbone after 25 steps,
-reference/training-recipe.md), so it is not used. Instead one Keras SGD with the head's
+docs/training_recipe.md), so it is not used. Instead one Keras SGD with the head's
 learning rate receives gradients that already contain the L2 term, and the backbone's
 gradients are multiplied by ``lr_backbone / lr_head`` *after* the L2 term is added. Keras
 SGD (``v = m*v - lr*g; w += v``) equals PyTorch's update for a constant learning rate

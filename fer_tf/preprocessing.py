@@ -1,7 +1,7 @@
 """The one preprocessing function shared by training, evaluation and export.
 
 Images enter as RGB in [0, 255] (uint8 or float) at any size; the network wants
-224x224, BGR, minus the VGGFace2 mean, unscaled (reference/senet50-vggface2.md).
+224x224, BGR, minus the VGGFace2 mean, unscaled (docs/senet50.md, "Input the weights expect").
 """
 
 import tensorflow as tf

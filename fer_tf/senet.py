@@ -3,7 +3,7 @@
 Layer names are the PyTorch module paths of the VGGFace2-pytorch ``.pkl`` release
 with ``.`` replaced by ``_`` (``layer3_2_conv4``), so weight conversion maps names
 by rule. Every numerical choice below matches the PyTorch/Caffe original; the
-reference doc (senet50-vggface2.md) measures what each mistake costs.
+docs/senet50.md ("Porting hazards") gives what each mistake costs.
 """
 
 import json

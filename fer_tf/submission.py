@@ -1,6 +1,6 @@
 """ABAW expression-track test-set files: one per video, a header and one label per frame.
 
-Format (reference/datasets.md): line 1 is the comma-joined class names
+Format (docs/evaluation.md, "ABAW test-set files"): line 1 is the comma-joined class names
 (`Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise`), then exactly one integer
 per frame of the raw video, in frame order, for every frame, including frames without
 a face. -1 is never written: frames without a face are filled from their neighbours

@@ -2,7 +2,7 @@
 
 Published Aff-Wild2 work gained 4 to 4.5 macro-F1 points by filling frames without a
 face from their neighbours and then averaging class probabilities over a window of
-frames (reference/evaluation.md); mean filtering beat median filtering. Which window
+frames (docs/evaluation.md, "Temporal smoothing"); mean filtering beat median filtering. Which window
 to use is chosen on validation data by the user: nothing here picks it.
 
 All functions are plain numpy; probabilities are float arrays [T, C] in frame order.

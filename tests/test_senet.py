@@ -25,7 +25,7 @@ def test_senet50_shapes_and_parameter_count(senet50):
     assert senet50.get_layer("layer4_2_relu").output.shape[1:] == (7, 7, 2048)
     assert senet50.output.shape[1:] == (8631,)
     trainable = sum(int(np.prod(v.shape)) for v in senet50.trainable_weights)
-    # Reference doc: 43,723,943 parameters with the 8631-way fc, 331 stored tensors.
+    # docs/senet50.md: 43,723,943 parameters with the 8631-way fc, 331 stored tensors.
     assert trainable == 43_723_943
     assert len(senet50.weights) == 331
 

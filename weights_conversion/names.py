@@ -1,7 +1,7 @@
 """Name rules between the Keras port and the two PyTorch releases.
 
 Keras layer names are the `.pkl` release's module paths with `.` -> `_`; the Oxford
-`dag` imports use Caffe names (reference/senet50-vggface2.md, "Tensor names").
+`dag` imports use Caffe names (docs/senet50.md, "Tensor names").
 """
 
 import re

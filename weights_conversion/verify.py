@@ -4,7 +4,7 @@ ones, with the same random image, and measures the relative error per stage."""
 import numpy as np
 
 from fer_tf.preprocessing import VGGFACE2_MEAN_BGR
-from weights_conversion import convert as convert_lib
+from weights_conversion import layout
 
 
 def relative_error(actual, expected) -> float:
@@ -58,8 +58,8 @@ def compare_with_torch(source_arrays, fmt, keras_model, batch=2, seed=0):
 
     torch_arrays = source_arrays
     if fmt == "dag":
-        torch_arrays = convert_lib.dag_to_pkl_arrays(source_arrays, to_bgr=False)
-    blocks, base_width, classes = convert_lib.infer_architecture(torch_arrays)
+        torch_arrays = layout.dag_to_pkl_arrays(source_arrays, to_bgr=False)
+    blocks, base_width, classes = layout.infer_architecture(torch_arrays)
     reference = torch_senet.SENet(blocks, base_width, classes or 1, include_top=classes is not None)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in torch_arrays.items()}
     reference.load_state_dict(state, strict=False)

@@ -1,6 +1,6 @@
 """Aff-Wild2 expression track (ABAW 2020-2024) reader: annotation files + aligned crops.
 
-Layout (reference/datasets.md)::
+Layout (docs/datasets.md)::
 
     annotations/EXPR_Set/Training_Set/<video>.txt     # "Train_Set" from 2021 on
     annotations/EXPR_Set/Validation_Set/<video>.txt

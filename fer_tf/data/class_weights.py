@@ -9,7 +9,7 @@ as PyTorch's CrossEntropyLoss(weight=w) does.
 
 import numpy as np
 
-# reference/datasets.md: the paper's weights, ABAW class order.
+# docs/datasets.md: the paper's weights, ABAW class order.
 PAPER_CLASS_WEIGHTS = (1.0, 22.92, 37.5, 50.66, 3.47, 5.79, 13.55)
 
 

@@ -1,6 +1,6 @@
 """ExpW (Expression in-the-Wild) reader: ``label.lst`` boxes -> cached face crops.
 
-Layout (reference/datasets.md)::
+Layout (docs/datasets.md)::
 
     image/origin/<image_name>.jpg     # full scene photos, possibly several faces each
     label/label.lst                   # one face per line, 8 space-separated fields

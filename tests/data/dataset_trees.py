@@ -1,4 +1,4 @@
-"""Writers of tiny dataset trees in the exact on-disk layouts (reference/datasets.md).
+"""Writers of tiny dataset trees in the exact on-disk layouts (docs/datasets.md).
 
 Shared by the reader, source, TFDS and stats tests. The expected counts of each tree
 are written out by hand in the tests, never computed by the code under test.

@@ -6,7 +6,7 @@ import pytest
 from fer_tf.classes import CLASS_NAMES
 from fer_tf.data import class_weights as cw
 
-# reference/datasets.md: Aff-Wild2 ABAW-2020 train counts (ABAW order).
+# docs/datasets.md: Aff-Wild2 ABAW-2020 train counts (ABAW order).
 AFFWILD2_TRAIN = np.array([583277, 23704, 12588, 11155, 148100, 100174, 38837])
 # ExpW per class in ABAW order (Neutral, Anger, Disgust, Fear, Happy, Sad, Surprise),
 # the published ExpW class distribution; 91,793 faces in total.

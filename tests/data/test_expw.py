@@ -45,7 +45,7 @@ def test_every_expw_label_is_remapped(tmp_path):
     lines = [f"p2.jpg {i} 0 0 10 10 0.9 {i}" for i in range(7)]
     root = dataset_trees.write_expw(tmp_path / "expw", lines)
     images, _ = _read(root, tmp_path / "cache")
-    # angry disgust fear happy sad surprise neutral -> ABAW indices (datasets.md).
+    # angry disgust fear happy sad surprise neutral -> ABAW indices (docs/datasets.md).
     assert images.labels.tolist() == [1, 2, 3, 4, 5, 6, 0]
 
 

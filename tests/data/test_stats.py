@@ -40,7 +40,7 @@ def test_json_numbers_on_generated_tree(tmp_path):
 
 
 def test_paper_weights_from_paper_counts():
-    # Aff-Wild2 2020 train counts (datasets.md): the formula gives Neutral 1 and e.g.
+    # Aff-Wild2 2020 train counts (docs/datasets.md): the formula gives Neutral 1 and e.g.
     # Fear 583277 / 11155 = 52.29 (exact arithmetic, tolerance 1e-9).
     counts = [583277, 23704, 12588, 11155, 148100, 100174, 38837]
     labels = [c for c, n in enumerate(counts) for _ in range(n)]
