@@ -6,7 +6,7 @@ backward of each micro-batch with the class-weighted cross-entropy (PyTorch's
 reduction over the whole batch), gradients accumulated, then one two-group SGD update
 with momentum and coupled weight decay.
 
-- fer_tf: `fer_tf.model.build_expression_model` + `fer_tf.training.make_train_step`
+- fer_tf: `fer_tf.model.build_expression_model` + `fer_tf.train_step.make_train_step`
   (micro-batches in a tf.while_loop, `fer_tf.optim.PaperSGD`).
 - PyTorch: `weights_conversion.torch_senet.SENet` (the project's reference SE-ResNet)
   + `torch.optim.SGD` with two parameter groups + ``CrossEntropyLoss(weight)``, the
@@ -78,7 +78,7 @@ def bench_fer_tf(setup: Setup) -> dict:
     import tensorflow as tf
 
     from fer_tf import model as model_lib
-    from fer_tf import optim, training
+    from fer_tf import optim, train_step
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(setup.precision)
@@ -87,7 +87,7 @@ def bench_fer_tf(setup: Setup) -> dict:
         model = model_lib.build_expression_model(setup.backbone, None, augment=False)
         sgd = optim.PaperSGD(loss_scale=setup.precision == "mixed_float16")
         sgd.build(model.trainable_variables)
-        step_fn = training.make_train_step(model, sgd, setup.micro_batches,
+        step_fn = train_step.make_train_step(model, sgd, setup.micro_batches,
                                            jit_compile=setup.xla)
         images, labels, weights = (tf.constant(a) for a in _batch(setup))
         # float() waits for the step: the timing covers the whole update.

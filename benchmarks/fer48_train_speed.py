@@ -2,7 +2,7 @@
 
 Each setting runs in its own process (TF reads TF_ENABLE_ONEDNN_OPTS at import), one
 after another in one run: a built expression model with the FER2013 augmentation,
-`fer_tf.training.make_train_step`, batch `--batch` of 48x48 uint8 images, `--steps`
+`fer_tf.train_step.make_train_step`, batch `--batch` of 48x48 uint8 images, `--steps`
 timed steps after 3 warm-up steps. Prints images/s per setting, then ratio lines:
 oneDNN on / off (float32) and bfloat16 / float32 (oneDNN on), per backbone.
 
@@ -26,14 +26,14 @@ flags.DEFINE_bool("bfloat16", True, "Also time --precision=mixed_bfloat16 (oneDN
 _CHILD = r"""
 import json, sys, time
 import keras, numpy as np, tensorflow as tf
-from fer_tf import model as model_lib, optim, training
+from fer_tf import model as model_lib, optim, train_step
 backbone, precision, batch, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 keras.config.set_dtype_policy(precision)
 model = model_lib.build_expression_model(backbone, augment=True, seed=0, augment_options=dict(
     shift=0.1, scale=0.1, rotation=10, erasing=0.5), grayscale=True)
 sgd = optim.PaperSGD(optim.SGDHyperParams(0.1, 0.1, 0.9, 5e-4))
 sgd.build(model.trainable_variables)
-step = training.make_train_step(model, sgd, 1, label_smoothing=0.1)
+step = train_step.make_train_step(model, sgd, 1, label_smoothing=0.1)
 rng = np.random.default_rng(0)
 x = tf.constant(rng.integers(0, 256, (batch, 48, 48, 3), dtype=np.uint8))
 y = tf.constant(rng.integers(0, 7, batch).astype("int32"))

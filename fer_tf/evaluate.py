@@ -275,7 +275,7 @@ def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "va
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
     flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
                         "package), training workdir, .keras file or exported SavedModel dir.")
     flags.DEFINE_string("dataset", None, f"Dataset name: one of {sources.DATASETS}.")
@@ -304,5 +304,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     cli.run(main, "fer_tf.evaluate")

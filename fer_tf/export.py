@@ -27,14 +27,13 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 from typing import Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
-from absl import logging
+from absl import app, flags, logging
 
-from fer_tf import atomic, classes, inference, pretrained
+from fer_tf import atomic, classes, cli, inference, pretrained
 from fer_tf import model as model_lib
 from fer_tf.data import pipeline
 
@@ -340,53 +339,27 @@ def load_exported(export_dir) -> ExportedModel:
 # benchmarks import this module for `load_exported` and define their own --model.
 
 
-def define_flags(flag_values=None):
-    """Defines --model, --export_dir, --overwrite on ``flag_values`` (absl's FLAGS by default)."""
-    from absl import flags
-
-    flag_values = flags.FLAGS if flag_values is None else flag_values
-    flags.DEFINE_string(
-        "model", None, "Shipped model name (default: fer2013, inside the package), training "
-        "workdir (uses its best_model.keras) or a .keras file.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_string(
-        "export_dir", None, "Destination, a numbered version folder: <model_base_path>/1.",
-        flag_values=flag_values,
-    )
-    flags.DEFINE_bool(
-        "overwrite", False, "Replace a non-empty export_dir.", flag_values=flag_values
-    )
-    flags.DEFINE_integer(
-        "decode_size", None, "Side the training run decoded images at (its --image_size); "
-        "default: the model file's own, else the workdir's flags.txt, else 112.",
-        flag_values=flag_values,
-    )
-    return flag_values
+def define_flags():
+    """The command's flags: --model, --export_dir, --overwrite, --decode_size."""
+    flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
+                        "package), training workdir (uses its best_model.keras) or a .keras file.")
+    flags.DEFINE_string("export_dir", None, "Destination, a numbered version folder: "
+                        "<model_base_path>/1.")
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty export_dir.")
+    flags.DEFINE_integer("decode_size", None, "Side the training run decoded images at (its "
+                         "--image_size); default: the model file's own, else the workdir's "
+                         "flags.txt, else 112.")
+    flags.mark_flags_as_required(["export_dir"])
 
 
-def main(argv, flag_values):
-    """Runs the export from parsed flags; returns the process exit code (2: user error)."""
-    from absl import app
-
+def main(argv):
+    """Exports the model the flags name and prints the export folder."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flag_values.export_dir:
-        raise app.UsageError("--export_dir is required")
-    try:
-        path = export(flag_values.model, flag_values.export_dir, overwrite=flag_values.overwrite,
-                      decode_size=flag_values.decode_size)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"fer_tf.export: error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    f = flags.FLAGS
+    print(export(f.model, f.export_dir, overwrite=f.overwrite, decode_size=f.decode_size))
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    from fer_tf import cli
-
-    _FLAGS = define_flags()
-    cli.run(lambda argv: sys.exit(main(argv, _FLAGS)), "fer_tf.export")
+    define_flags()
+    cli.run(main, "fer_tf.export")

@@ -25,7 +25,7 @@ from fer_tf import model as model_lib
 from fer_tf import pretrained
 from fer_tf.classes import CLASS_NAMES
 
-# Side of the uint8 crops the training pipeline decodes (fer_tf.training.TrainConfig
+# Side of the uint8 crops the training pipeline decodes (fer_tf.train_config.TrainConfig
 # image_size default, the size of Aff-Wild2's crops). The model resizes to its own
 # input size in-graph; giving it crops of this size repeats training's two resizes.
 DEFAULT_INPUT_SIZE = 112

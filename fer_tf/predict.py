@@ -456,7 +456,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
     flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
                         "package), training workdir, .keras file or exported SavedModel dir.")
     flags.DEFINE_string("input", None, "Image, video or folder (searched recursively).")
@@ -494,5 +494,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
+    define_flags()
     cli.run(main, "fer_tf.predict")

@@ -105,11 +105,20 @@ def save_compact(model, path):
     return os.fspath(path)
 
 
-def _main(argv):
-    del argv
+def define_flags():
+    """The command's flags: --src, --dst, --overwrite."""
+    flags.DEFINE_string("src", None, "Training workdir (its best_model.keras) or .keras file.")
+    flags.DEFINE_string("dst", None, "The compact .keras file to write, e.g. "
+                        "fer_tf/models/fer2013.keras.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --dst file.")
+    flags.mark_flags_as_required(["src", "dst"])
+
+
+def main(argv):
+    """Writes the compact copy of --src to --dst."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     src, dst = flags.FLAGS.src, flags.FLAGS.dst
-    if not src or not dst:
-        raise app.UsageError("--src (a training workdir or .keras file) and --dst are required")
     source = model_lib.resolve_model_file(src)
     atomic.check_output(dst, [source], flags.FLAGS.overwrite, flag="--dst")
     save_compact(model_lib.load_expression_model(source), dst)
@@ -117,8 +126,5 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("src", None, "Training workdir (its best_model.keras) or .keras file.")
-    flags.DEFINE_string("dst", None, "The compact .keras file to write, e.g. "
-                         "fer_tf/models/fer2013.keras.")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing --dst file.")
-    cli.run(_main, "fer_tf.pretrained")
+    define_flags()
+    cli.run(main, "fer_tf.pretrained")

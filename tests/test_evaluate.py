@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics as sk_metrics
 
-from fer_tf import evaluate, inference, model as model_lib, training
+from fer_tf import evaluate, inference, model as model_lib, train_config, training
 from fer_tf.data import demo, examples, sources
 
 
@@ -110,7 +110,7 @@ def test_smoothing_changes_numbers_and_window_1_is_raw(demo_dir, model_file):
 def test_reproduces_the_training_runs_validation_numbers(demo_dir, tmp_path):
     """A short training run on the demo data; evaluating its workdir on the same split
     gives the numbers its result.json reports (same decode, same images; 1e-9)."""
-    config = training.TrainConfig(
+    config = train_config.TrainConfig(
         dataset="affwild2", data_dir=str(demo_dir), backbone="tiny", random_init=True,
         batch_size=16, micro_batches=1, max_updates=4, validate_every=2, checkpoint_every=100,
         log_every=2, patience=0, eval_batch_size=24, augment=False, lr_head=0.05,

@@ -15,7 +15,6 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from PIL import Image
 
 from fer_tf import classes, export, inference
@@ -257,29 +256,32 @@ def test_export_folder_holding_the_model_is_refused_even_with_overwrite(trained,
     assert sorted(os.listdir(workdir)) == ["best_model.keras"]
 
 
-def _flag_values(*argv):
-    flag_values = export.define_flags(flags.FlagValues())
-    flag_values(["fer_tf.export", *argv])
-    return flag_values
+def _export_cli(*argv):
+    return subprocess.run([sys.executable, "-m", "fer_tf.export", *argv], cwd=REPO_ROOT,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+                          text=True, timeout=300)
 
 
-def test_cli_errors_are_clear(trained, tmp_path, capsys):
+def _error_lines(proc):
+    return [line for line in proc.stderr.splitlines() if line.startswith("fer_tf.export: error:")]
+
+
+def test_cli_errors_are_clear(trained, tmp_path):
     _, path = trained
     missing = tmp_path / "no_such_run"
-    code = export.main(["fer_tf.export"], _flag_values(f"--model={missing}",
-                                                       f"--export_dir={tmp_path / '1'}"))
-    assert code == 2
-    err = capsys.readouterr().err
-    assert str(missing) in err and "best_model.keras" in err
+    proc = _export_cli(f"--model={missing}", f"--export_dir={tmp_path / '1'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (error,) = _error_lines(proc)
+    assert str(missing) in error and "best_model.keras" in error
     assert not (tmp_path / "1").exists()
 
     existing = tmp_path / "serving" / "1"
     existing.mkdir(parents=True)
     (existing / "saved_model.pb").write_bytes(b"old")
-    flag_values = _flag_values(f"--model={path}", f"--export_dir={existing}")
-    code = export.main(["fer_tf.export"], flag_values)
-    assert code == 2
-    assert "--overwrite" in capsys.readouterr().err
+    proc = _export_cli(f"--model={path}", f"--export_dir={existing}")
+    assert proc.returncode == 2
+    (error,) = _error_lines(proc)
+    assert "--overwrite" in error
     assert (existing / "saved_model.pb").read_bytes() == b"old"
 
 

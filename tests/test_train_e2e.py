@@ -14,7 +14,10 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
-from fer_tf import train, training
+from fer_tf import train, train_config, training, validation
+
+if "workdir" not in flags.FLAGS:  # the entry point defines its flags only when run
+    train.define_flags()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.cfg"))
@@ -109,11 +112,11 @@ def test_demo_trains_improves_and_writes_outputs(tmp_path):
 
     # The best model reloads and scores what result.json says.
     from fer_tf import model as model_lib
-    config = training.TrainConfig(dataset="demo", data_dir=str(tmp_path / "demo_data"),
+    config = train_config.TrainConfig(dataset="demo", data_dir=str(tmp_path / "demo_data"),
                                   image_size=64, random_init=True, eval_batch_size=128)
     data = training.make_loop_data(config)
     best = model_lib.load_expression_model(str(workdir / "best_model.keras"))
-    rescored = training.evaluate(training.make_predict_fn(best), data.validation(), 7)
+    rescored = validation.evaluate(validation.make_predict_fn(best), data.validation(), 7)
     assert rescored["abaw_score"] == pytest.approx(result["val_abaw_score"], abs=1e-6)
 
     again = _run([f"--flagfile={workdir}/flags.txt"], cwd=tmp_path)

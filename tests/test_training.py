@@ -15,7 +15,7 @@ import torch
 
 from fer_tf.batch_norm import TorchBatchNorm
 from fer_tf.data.class_weights import paper_class_weights
-from fer_tf import model as model_lib, optim, training
+from fer_tf import model as model_lib, optim, train_config, train_step, training
 
 CLASSES = 7
 SIZE = 8
@@ -116,7 +116,7 @@ def _train_torch(net, hp, batches, micro_batches, bn_trainable=True):
 def _train_keras(model, hp, batches, micro_batches):
     sgd = optim.PaperSGD(hp)
     sgd.build(model.trainable_variables)
-    step = training.make_train_step(model, sgd, micro_batches)
+    step = train_step.make_train_step(model, sgd, micro_batches)
     losses_seen = [float(step(x, y, w)["loss"]) for x, y, w in batches]
     return losses_seen
 
@@ -185,7 +185,7 @@ def test_micro_batch_divisibility_error():
     model = _convnet()
     sgd = optim.PaperSGD()
     sgd.build(model.trainable_variables)
-    step = training.make_train_step(model, sgd, micro_batches=3)
+    step = train_step.make_train_step(model, sgd, micro_batches=3)
     x, y, w = next(_batches(1, 16))
     with pytest.raises(ValueError, match="not divisible into 3 micro-batches"):
         step(x, y, w)
@@ -198,13 +198,13 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path.insert(0, sys.argv[1])
     import test_training as tt
-    from fer_tf import optim, training
+    from fer_tf import optim, train_config, train_step, training
     def run(strategy):
         with strategy.scope():
             model = tt._convnet("float32")
             sgd = optim.PaperSGD(tt.EXACT)
             sgd.build(model.trainable_variables)
-        step = training.make_train_step(model, sgd, micro_batches=4, strategy=strategy)
+        step = train_step.make_train_step(model, sgd, micro_batches=4, strategy=strategy)
         data = tf.data.Dataset.from_generator(lambda: tt._batches(4, 16), output_signature=(
             tf.TensorSpec((16, 8, 8, 3), tf.float32), tf.TensorSpec((16,), tf.int32),
             tf.TensorSpec((16,), tf.float32)))
@@ -287,7 +287,7 @@ def _loop_config(**overrides):
                 checkpoint_every=1, log_every=2, patience=0, random_init=True,
                 lr_head=0.05, lr_backbone=0.01)
     base.update(overrides)
-    return training.TrainConfig(**base)
+    return train_config.TrainConfig(**base)
 
 
 def _augmented_model():
@@ -378,17 +378,17 @@ def test_early_stopping(tmp_path):
 
 def test_config_validation_messages():
     with pytest.raises(ValueError, match="not divisible by --micro_batches=4"):
-        training.TrainConfig(batch_size=250, random_init=True).validate()
+        train_config.TrainConfig(batch_size=250, random_init=True).validate()
     with pytest.raises(ValueError, match="python -m weights_conversion"):
-        training.TrainConfig().validate()
+        train_config.TrainConfig().validate()
     with pytest.raises(FileNotFoundError, match="python -m weights_conversion"):
-        training.TrainConfig(backbone_weights="/nonexistent.weights.h5").validate()
+        train_config.TrainConfig(backbone_weights="/nonexistent.weights.h5").validate()
     with pytest.raises(ValueError, match="divisible by the 3 replicas"):
-        training.TrainConfig(random_init=True).validate(num_replicas=3)
+        train_config.TrainConfig(random_init=True).validate(num_replicas=3)
     with pytest.raises(ValueError, match="expected 7 .one per class"):
-        training.TrainConfig(random_init=True, class_weights="1,2").validate()
+        train_config.TrainConfig(random_init=True, class_weights="1,2").validate()
     with pytest.raises(ValueError, match="--xla works on a single device"):
-        training.TrainConfig(random_init=True, xla=True, distribute="mirrored").validate()
+        train_config.TrainConfig(random_init=True, xla=True, distribute="mirrored").validate()
 
 
 def _one_update_change(precision, xla=False):
@@ -399,7 +399,7 @@ def _one_update_change(precision, xla=False):
         before = model.get_layer("head").get_weights()[0]
         sgd = optim.PaperSGD(EXACT, loss_scale=precision == "mixed_float16")
         sgd.build(model.trainable_variables)
-        step = training.make_train_step(model, sgd, micro_batches=2, jit_compile=xla)
+        step = train_step.make_train_step(model, sgd, micro_batches=2, jit_compile=xla)
         for x, y, w in _batches(2, 16):
             out = step(x, y, w)
         return model.get_layer("head").get_weights()[0] - before, float(out["loss"]), sgd

@@ -6,12 +6,16 @@ from fer_tf import cli
 from weights_conversion import convert
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("src", None, "senet50_ft_weight.pkl (VGGFace2-pytorch) or senet50_*_dag.pth (pytorch-mcn).")
-flags.DEFINE_string("dst", None, "Output Keras weights file; must end with .weights.h5.")
-flags.DEFINE_enum("format", "auto", ["auto", "pkl", "dag"], "Source format; auto detects it from the tensor names.")
-flags.DEFINE_bool("verify", False, "Compare with the PyTorch reference on a random batch (needs torch); fail above 1e-5 relative error.")
-flags.DEFINE_bool("overwrite", False, "Replace an existing --dst file.")
-flags.mark_flags_as_required(["src", "dst"])
+
+
+def define_flags():
+    """The command's flags: --src, --dst, --format, --verify, --overwrite."""
+    flags.DEFINE_string("src", None, "senet50_ft_weight.pkl (VGGFace2-pytorch) or senet50_*_dag.pth (pytorch-mcn).")
+    flags.DEFINE_string("dst", None, "Output Keras weights file; must end with .weights.h5.")
+    flags.DEFINE_enum("format", "auto", ["auto", "pkl", "dag"], "Source format; auto detects it from the tensor names.")
+    flags.DEFINE_bool("verify", False, "Compare with the PyTorch reference on a random batch (needs torch); fail above 1e-5 relative error.")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing --dst file.")
+    flags.mark_flags_as_required(["src", "dst"])
 
 
 def main(argv):
@@ -27,4 +31,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     cli.run(main, "weights_conversion")

@@ -336,8 +336,20 @@ def write_demo_dataset(out_dir, train_videos: int = 16, val_videos: int = 5,
     return summary
 
 
+def define_flags():
+    """The command's flags: --out_dir and the dataset's sizes."""
+    flags.DEFINE_string("out_dir", None, "Folder to write the demo dataset into.")
+    flags.DEFINE_integer("train_videos", 16, "Training videos (one is a _left/_right pair).")
+    flags.DEFINE_integer("val_videos", 5, "Validation videos.")
+    flags.DEFINE_integer("frames_per_video", 125, "Annotated frames per video.")
+    flags.DEFINE_integer("seed", 0, "Random seed; the output is a function of the flags.")
+    flags.mark_flag_as_required("out_dir")
+
+
 def main(argv):
-    del argv
+    """Writes the demo dataset the flags describe and prints its summary."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     summary = write_demo_dataset(f.out_dir, f.train_videos, f.val_videos, f.frames_per_video,
                                  f.seed)
@@ -347,10 +359,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("out_dir", None, "Folder to write the demo dataset into.")
-    flags.DEFINE_integer("train_videos", 16, "Training videos (one is a _left/_right pair).")
-    flags.DEFINE_integer("val_videos", 5, "Validation videos.")
-    flags.DEFINE_integer("frames_per_video", 125, "Annotated frames per video.")
-    flags.DEFINE_integer("seed", 0, "Random seed; the output is a function of the flags.")
-    flags.mark_flag_as_required("out_dir")
+    define_flags()
     cli.run(main, "fer_tf.data.demo")
