@@ -124,8 +124,7 @@ def evaluate_source(classifier, source: examples.LabelledImages, smooth_window: 
       "smoothed_probabilities" (or None) and "scored" (the kept LabelledImages) for
       writing per-video files (dropped from the JSON).
     """
-    if isinstance(smooth_window, bool) or int(smooth_window) < 1 or int(smooth_window) % 2 == 0:
-        raise ValueError(f"smooth_window must be a positive odd number of frames, got {smooth_window!r}")
+    temporal.check_window(smooth_window, "smooth_window")
     kept, probs = predict_source(classifier, source, batch_size)
     names = tuple(source.class_names)
     if len(names) != probs.shape[1]:

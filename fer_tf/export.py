@@ -55,7 +55,7 @@ def resolve_model_path(path) -> str:
       ValueError: ``path`` is already an exported SavedModel, or not a `.keras` file.
     """
     path = os.fspath(path)
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if os.path.isfile(os.path.join(path, model_lib.SAVED_MODEL_FILE)):
         raise ValueError(
             f"{path!r} is already an exported SavedModel; pass the training workdir or its "
             f"{model_lib.BEST_MODEL_FILE} to --model")
@@ -309,9 +309,9 @@ def load_exported(export_dir) -> ExportedModel:
       ValueError: the SavedModel lacks the fer_tf signatures.
     """
     export_dir = os.fspath(export_dir)
-    if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+    if not os.path.isfile(os.path.join(export_dir, model_lib.SAVED_MODEL_FILE)):
         raise FileNotFoundError(
-            f"no SavedModel at {export_dir!r} (expected saved_model.pb written by "
+            f"no SavedModel at {export_dir!r} (expected {model_lib.SAVED_MODEL_FILE} written by "
             "`python -m fer_tf.export`)"
         )
     module = tf.saved_model.load(export_dir)

@@ -30,7 +30,6 @@ from fer_tf.classes import CLASS_NAMES
 # input size in-graph; giving it crops of this size repeats training's two resizes.
 DEFAULT_INPUT_SIZE = 112
 
-_SAVED_MODEL_PB = "saved_model.pb"
 # Files in a training workdir that may record the decode size (first one found wins):
 # the flagfile fer_tf.train writes, then JSON files with an "image_size" entry.
 _FLAGFILE = "flags.txt"
@@ -135,17 +134,6 @@ def _saved_model_fn(path: str) -> Callable:
     return probabilities
 
 
-def _saved_model_dir(path: str) -> Optional[str]:
-    """The SavedModel directory in `path` (itself or its highest numbered version)."""
-    if os.path.isfile(os.path.join(path, _SAVED_MODEL_PB)):
-        return path
-    versions = [d for d in os.listdir(path)
-                if d.isdigit() and os.path.isfile(os.path.join(path, d, _SAVED_MODEL_PB))]
-    if versions:
-        return os.path.join(path, max(versions, key=int))
-    return None
-
-
 def workdir_input_size(workdir: str) -> Optional[int]:
     """The image_size a training workdir records (flags.txt of fer_tf.train, or JSON), if any."""
     flagfile = os.path.join(workdir, _FLAGFILE)
@@ -205,7 +193,7 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
                              "training workdir or a SavedModel directory")
         (fn, contract), kind = _keras_fn(path), "keras"
     else:
-        saved = _saved_model_dir(path)
+        saved = model_lib.saved_model_dir(path)
         if saved is not None:
             fn, kind, path = _saved_model_fn(saved), "saved_model", saved
         elif os.path.isfile(os.path.join(path, model_lib.BEST_MODEL_FILE)):
@@ -215,7 +203,7 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
             (fn, contract), kind = _keras_fn(path), "keras"
         else:
             raise FileNotFoundError(
-                f"{path!r} holds neither {model_lib.BEST_MODEL_FILE} (a training workdir) nor {_SAVED_MODEL_PB} "
+                f"{path!r} holds neither {model_lib.BEST_MODEL_FILE} (a training workdir) nor {model_lib.SAVED_MODEL_FILE} "
                 "(an exported SavedModel, possibly in a numbered version folder); train with "
                 "`python -m fer_tf.train` or export with `python -m fer_tf.export` first")
     known = {}

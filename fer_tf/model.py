@@ -120,12 +120,7 @@ def build_backbone(backbone="senet50", backbone_weights=None):
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     spec = BACKBONES[backbone]
     if backbone_weights is not None and not os.path.isfile(backbone_weights):
-        raise FileNotFoundError(
-            f"backbone weights {backbone_weights!r} not found. Convert the VGGFace2 release first: "
-            "`python -m weights_conversion --src senet50_ft_weight.pkl --dst senet50_ft.weights.h5` "
-            "(senet50_ft_weight.pkl comes from the VGGFace2-pytorch project), then pass "
-            "--backbone_weights=senet50_ft.weights.h5, or train from scratch with --backbone_weights=''."
-        )
+        raise senet.missing_weights_error(backbone_weights)  # before building anything
     return senet.se_resnet(
         spec.blocks,
         spec.base_width,
@@ -200,6 +195,23 @@ def backbone_variables(model):
 # The model training keeps (best validation ABAW score); evaluate, predict and export
 # accept the training workdir in its place.
 BEST_MODEL_FILE = "best_model.keras"
+
+
+# What marks an exported SavedModel folder (`fer_tf.export`, TF Serving).
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
+def saved_model_dir(path) -> Optional[str]:
+    """The SavedModel folder at ``path``: itself, or its highest numbered version
+    (a TF Serving base folder); None if there is none."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return None
+    if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+        return path
+    versions = [d for d in os.listdir(path)
+                if d.isdigit() and os.path.isfile(os.path.join(path, d, SAVED_MODEL_FILE))]
+    return os.path.join(path, max(versions, key=int)) if versions else None
 
 
 def resolve_model_file(path) -> str:

@@ -49,11 +49,16 @@ from absl import app, flags, logging
 from fer_tf import faces as faces_lib
 from fer_tf import atomic, cli, inference, pretrained, submission, temporal, video as video_lib
 from fer_tf import model as model_lib
+from fer_tf.data import pipeline
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 FACE_MODES = ("detect", "none")
-# Crop margin per side, as the training crops (fer_tf.faces, ExpW reader).
+# Crop margin per side for models that do not carry their own (files older than the
+# input contract): a square window, 20% of the box's longer side added per side
+# (fer_tf.faces.square_box), roughly the framing of Aff-Wild2's aligned crops. The ExpW
+# reader's crops differ: the annotated rectangle itself unless --margin is given
+# (fer_tf.data.expw.crop_box); a model stores the margin its training data calls for.
 DEFAULT_MARGIN = 0.2
 
 
@@ -113,7 +118,6 @@ class FacePredictor:
         if image.shape[:2] == (size, size):
             return image
         # Same resize as the training pipeline's decode (bilinear, antialiased).
-        from fer_tf.data import pipeline  # pylint: disable=import-outside-toplevel
         return pipeline.resize_uint8(image, size).numpy()
 
     def predict_frames(self, images: Sequence[np.ndarray]):
@@ -351,6 +355,39 @@ def _check_outputs(model, input_path, images, videos, output, annotated_video,
                                 overwrite, "--abaw_submission_dir")
 
 
+def _predict_one_video(predictor, path, single, failed, batch_size, smooth_window, progress):
+    """A video's prediction; None (and a line in ``failed``) if it cannot be read, unless it
+    is the only input (then the error is the user's answer)."""
+    try:
+        return predict_video(predictor, path, batch_size, smooth_window, progress)
+    except (ValueError, FileNotFoundError, cv2.error) as error:
+        if single:
+            raise
+        logging.warning("skipping video %s: %s", path, error)
+        failed.append((os.fspath(path), str(error)))
+        return None
+
+
+def _write_video_outputs(path, result, names, abaw_submission_dir, annotated_video,
+                         smooth_window) -> list:
+    outputs = []
+    if abaw_submission_dir:
+        outputs.append(submission.write_abaw_submission(
+            pathlib.Path(abaw_submission_dir) / f"{path.stem}.txt", result.frame_labels, names))
+    if annotated_video:
+        outputs.append(write_annotated_video(annotated_video, path, result, names, smooth_window))
+    return outputs
+
+
+def _warn_skipped(without_face, failed, num_inputs):
+    if without_face:
+        logging.warning("%d of %d inputs have no face the detector found: %s", len(without_face),
+                        num_inputs, ", ".join(without_face[:10]))
+    if failed:
+        logging.warning("%d of %d inputs could not be read and were skipped: %s", len(failed),
+                        num_inputs, ", ".join(p for p, _ in failed[:10]))
+
+
 def predict(model, input_path, output: Optional[str] = None, faces: str = "detect",
             smooth_window: int = 1, abaw_submission_dir: Optional[str] = None,
             annotated_video: Optional[str] = None, batch_size: int = 32,
@@ -388,8 +425,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     """
     if faces not in FACE_MODES:
         raise ValueError(f"faces must be one of {FACE_MODES}, got {faces!r}")
-    if isinstance(smooth_window, bool) or int(smooth_window) < 1 or int(smooth_window) % 2 == 0:
-        raise ValueError(f"smooth_window must be a positive odd number of frames, got {smooth_window!r}")
+    temporal.check_window(smooth_window, "smooth_window")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     images, videos = list_inputs(input_path)
@@ -413,31 +449,19 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     without_face = [os.fspath(p) for p in images if os.fspath(p) not in seen]
     results, outputs = {}, []
     for path in videos:
-        try:
-            result = predict_video(predictor, path, batch_size, smooth_window, progress)
-        except (ValueError, FileNotFoundError, cv2.error) as error:
-            if single:
-                raise
-            logging.warning("skipping video %s: %s", path, error)
-            failed.append((os.fspath(path), str(error)))
+        result = _predict_one_video(predictor, path, single, failed, batch_size, smooth_window,
+                                    progress)
+        if result is None:
             continue
         results[os.fspath(path)] = result
         rows += result.rows
         if not result.frames_with_face:
             without_face.append(os.fspath(path))
-        if abaw_submission_dir:
-            outputs.append(submission.write_abaw_submission(
-                pathlib.Path(abaw_submission_dir) / f"{path.stem}.txt", result.frame_labels, names))
-        if annotated_video:
-            outputs.append(write_annotated_video(annotated_video, path, result, names, smooth_window))
+        outputs += _write_video_outputs(path, result, names, abaw_submission_dir,
+                                        annotated_video, smooth_window)
     if abaw_submission_dir and not videos:
         logging.warning("--abaw_submission_dir is for videos; %s has none, nothing written", input_path)
-    if without_face and faces == "detect":
-        logging.warning("%d of %d inputs have no face the detector found: %s", len(without_face),
-                        len(images) + len(videos), ", ".join(without_face[:10]))
-    if failed:
-        logging.warning("%d of %d inputs could not be read and were skipped: %s", len(failed),
-                        len(images) + len(videos), ", ".join(p for p, _ in failed[:10]))
+    _warn_skipped(without_face if faces == "detect" else [], failed, len(images) + len(videos))
     if output:
         outputs.append(atomic.write_text(output, rows_to_csv(rows, names)))
     return {

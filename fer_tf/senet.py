@@ -170,14 +170,25 @@ def metadata_path(weights_path):
     return base + ".json"
 
 
+def missing_weights_error(path, flag: str = "") -> FileNotFoundError:
+    """The one "converted weights not found" error: where the file comes from, how to make it.
+
+    Args:
+      path: the missing ``.weights.h5`` file.
+      flag: the flag that named it, if a command's (adds the from-scratch alternative).
+    """
+    shown = f"{flag}={path}" if flag else f"SENet weights file {os.fspath(path)!r}"
+    advice = ", or pass --random_init to train from scratch" if flag else ""
+    return FileNotFoundError(
+        f"{shown} not found. Convert the VGGFace2 PyTorch release (senet50_ft_weight.pkl "
+        "from VGGFace2-pytorch, or senet50_ft_dag.pth) with `python -m weights_conversion "
+        f"--src senet50_ft_weight.pkl --dst senet50_ft.weights.h5`{advice}")
+
+
 def _load_converted(path, blocks, base_width, include_top, classes, input_shape, name):
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"SENet weights file {path!r} not found. Convert the VGGFace2 PyTorch release "
-            "(senet50_ft_weight.pkl from VGGFace2-pytorch, or senet50_ft_dag.pth) with "
-            "`python -m weights_conversion --src senet50_ft_weight.pkl --dst senet50_ft.weights.h5`."
-        )
+        raise missing_weights_error(path)
     file_classes = classes
     meta = metadata_path(path)
     if os.path.isfile(meta):

@@ -71,6 +71,14 @@ def fill_missing(probs: np.ndarray, present: Sequence[bool], if_all_missing: str
     return out
 
 
+def check_window(window, name: str = "window") -> int:
+    """``window`` as an int; ValueError unless it is a positive odd number of frames."""
+    if (isinstance(window, bool) or not isinstance(window, (int, np.integer, float))
+            or int(window) != window or window < 1 or window % 2 == 0):
+        raise ValueError(f"{name} must be a positive odd number of frames, got {window!r}")
+    return int(window)
+
+
 def smooth(probs: np.ndarray, window: int, mode: str = "mean") -> np.ndarray:
     """Centred moving mean (or median) of probabilities over `window` frames.
 
@@ -91,8 +99,7 @@ def smooth(probs: np.ndarray, window: int, mode: str = "mean") -> np.ndarray:
       ValueError: window not a positive odd integer, unknown mode, or NaN input.
     """
     probs = _check_probs(probs)
-    if isinstance(window, bool) or int(window) != window or window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be a positive odd number of frames, got {window!r}")
+    window = check_window(window)
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if np.isnan(probs).any():

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from fer_tf import model as model_lib
-from fer_tf import optim
+from fer_tf import optim, senet
 from fer_tf.classes import CLASS_NAMES
 from fer_tf.data import class_weights as class_weights_lib
 
@@ -196,10 +196,7 @@ def _check_weights(config: TrainConfig):
         raise ValueError("--random_init and --backbone_weights contradict each other; "
                          "drop one of them")
     if not config.random_init and not os.path.isfile(config.backbone_weights):
-        raise FileNotFoundError(
-            f"--backbone_weights={config.backbone_weights!r} does not exist. Convert the "
-            "VGGFace2 PyTorch release with `python -m weights_conversion --src "
-            f"senet50_ft_weight.pkl --dst {config.backbone_weights}`, or pass --random_init")
+        raise senet.missing_weights_error(config.backbone_weights, "--backbone_weights")
 
 
 # Settings that give a checkpoint (or its data position) its meaning: resuming with a

@@ -25,6 +25,51 @@ def _split_micro_batches(x, n):
     return tf.reshape(x, [n, -1 if b is None else b // n] + inner)
 
 
+def _replica_step(model, sgd, variables, is_head, local_micro, replicas, loss_dtype,
+                  label_smoothing):
+    """One replica's share of an update: its micro-batches, their summed gradients, and
+    `PaperSGD` (which sums over replicas). Returns ``fn(images, labels, weights) ->
+    (loss, grad_norm)``."""
+    def replica_step(images, labels, weights):
+        weights = tf.cast(weights, loss_dtype)
+        total_weight = tf.reduce_sum(weights)
+        ctx = tf.distribute.get_replica_context()
+        if replicas > 1:
+            # The denominator is the weight sum of the *global* batch.
+            total_weight = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total_weight)
+        mb_images = _split_micro_batches(images, local_micro)
+        mb_labels = _split_micro_batches(labels, local_micro)
+        mb_weights = _split_micro_batches(weights, local_micro)
+
+        def body(i, loss_sum, grad_sums):
+            with tf.GradientTape() as tape:
+                logits = model(mb_images[i], training=True)
+                loss = tf.cast(losses.weighted_cross_entropy_sum(
+                    mb_labels[i], logits, mb_weights[i], label_smoothing),
+                    loss_dtype) / total_weight
+                scaled = sgd.scale_loss(loss)
+            grads = tape.gradient(scaled, variables,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grad_sums = [a + tf.cast(g, a.dtype) for a, g in zip(grad_sums, grads)]
+            return i + 1, loss_sum + loss, grad_sums
+
+        zeros = [tf.zeros(v.shape, v.dtype) for v in variables]
+        _, loss_sum, grads = tf.while_loop(
+            lambda i, *_: i < local_micro, body,
+            (tf.constant(0), tf.constant(0.0, loss_dtype), zeros),
+            parallel_iterations=1)
+        scale = sgd.current_loss_scale()
+        reduced = grads
+        if replicas > 1:
+            loss_sum = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss_sum)
+            # Only for the logged norm; the optimiser sums the replicas' gradients itself.
+            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        grad_norm = tf.cast(tf.linalg.global_norm(reduced), tf.float32) / scale
+        sgd.apply(grads, variables, is_head, num_replicas=replicas)
+        return loss_sum, grad_norm
+    return replica_step
+
+
 def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
                     strategy: Optional[tf.distribute.Strategy] = None,
                     jit_compile: bool = False, head_name: str = "head",
@@ -69,43 +114,8 @@ def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
     # (the exactness tests) keep float64 throughout.
     loss_dtype = tf.float64 if all(v.dtype == "float64" for v in variables) else tf.float32
 
-    def replica_step(images, labels, weights):
-        weights = tf.cast(weights, loss_dtype)
-        total_weight = tf.reduce_sum(weights)
-        ctx = tf.distribute.get_replica_context()
-        if replicas > 1:
-            # The denominator is the weight sum of the *global* batch.
-            total_weight = ctx.all_reduce(tf.distribute.ReduceOp.SUM, total_weight)
-        mb_images = _split_micro_batches(images, local_micro)
-        mb_labels = _split_micro_batches(labels, local_micro)
-        mb_weights = _split_micro_batches(weights, local_micro)
-
-        def body(i, loss_sum, grad_sums):
-            with tf.GradientTape() as tape:
-                logits = model(mb_images[i], training=True)
-                loss = tf.cast(losses.weighted_cross_entropy_sum(
-                    mb_labels[i], logits, mb_weights[i], label_smoothing),
-                    loss_dtype) / total_weight
-                scaled = sgd.scale_loss(loss)
-            grads = tape.gradient(scaled, variables,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            grad_sums = [a + tf.cast(g, a.dtype) for a, g in zip(grad_sums, grads)]
-            return i + 1, loss_sum + loss, grad_sums
-
-        zeros = [tf.zeros(v.shape, v.dtype) for v in variables]
-        _, loss_sum, grads = tf.while_loop(
-            lambda i, *_: i < local_micro, body,
-            (tf.constant(0), tf.constant(0.0, loss_dtype), zeros),
-            parallel_iterations=1)
-        scale = sgd.current_loss_scale()
-        reduced = grads
-        if replicas > 1:
-            loss_sum = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss_sum)
-            # Only for the logged norm; the optimiser sums the replicas' gradients itself.
-            reduced = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        grad_norm = tf.cast(tf.linalg.global_norm(reduced), tf.float32) / scale
-        sgd.apply(grads, variables, is_head, num_replicas=replicas)
-        return loss_sum, grad_norm
+    replica_step = _replica_step(model, sgd, variables, is_head, local_micro, replicas,
+                                 loss_dtype, label_smoothing)
 
     if replicas == 1 and not isinstance(strategy, tf.distribute.MirroredStrategy):
         @tf.function(jit_compile=jit_compile)

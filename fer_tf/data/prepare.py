@@ -16,6 +16,7 @@ import time
 from absl import app, flags, logging
 
 from fer_tf import atomic, cli
+from fer_tf.data import tfds_builders
 
 FLAGS = flags.FLAGS
 
@@ -34,9 +35,6 @@ def define_flags():
 
 def prepare(dataset: str, manual_dir, data_dir, **options) -> dict:
     """Builds the records and returns {split: number of examples}."""
-    # Imported here so that `--help` and flag errors do not wait for TensorFlow.
-    from fer_tf.data import tfds_builders
-
     # TFDS writes <data_dir>/<name>/<version>/ and reuses a finished build; records
     # written among (or around) the source images would mix the two.
     atomic.check_output_dir(data_dir, inputs=[manual_dir], flag="--data_dir")
