@@ -1,7 +1,7 @@
 r"""Images/s of the training input path, fer_tf against the paper's PyTorch pipeline.
 
     python benchmarks/input_pipeline.py [--images=demo|fer2013] [--num_images=2000]
-        [--workers=2] [--torch_python=/work/tv_venv/bin/python]
+        [--workers=2] [--torch_python=PATH/TO/bin/python]
 
 One run, same CPU, same ~2,000 JPEG files, batch 64. Rows:
 - decode only (tf.data read + decode + batch uint8);
@@ -45,8 +45,9 @@ flags.DEFINE_integer("num_images", 2000, "Images per pass.")
 flags.DEFINE_integer("batch_size", 64, "Batch size (the paper's micro-batch).")
 flags.DEFINE_integer("workers", 2, "PyTorch DataLoader workers; tf.data gets the same CPU.")
 flags.DEFINE_integer("passes", 2, "Timed passes over the images (after one warm-up pass).")
-flags.DEFINE_string("torch_python", "/work/tv_venv/bin/python",
-                    "Interpreter with torch + torchvision for the PyTorch row ('' to skip).")
+flags.DEFINE_string("torch_python", None,
+                    "Interpreter with torch + torchvision for the PyTorch row (default: this "
+                    "one, if it has torchvision; '' skips the row).")
 FLAGS = flags.FLAGS
 
 _TORCH_SCRIPT = r"""
@@ -121,13 +122,30 @@ def _rate(ds, step=None, passes=None):
     return n / (time.perf_counter() - start), n / (time.process_time() - cpu0)
 
 
+_NO_TORCHVISION = ("skipped: no torchvision in this interpreter; make an environment with "
+                   "`python -m venv tv && tv/bin/pip install torch torchvision pillow` and pass "
+                   "--torch_python=tv/bin/python")
+
+
+def _torch_interpreter():
+    """--torch_python, else this interpreter if torchvision imports in it, else None."""
+    if FLAGS.torch_python is not None:
+        return FLAGS.torch_python or None
+    found = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True)
+    return sys.executable if found.returncode == 0 else None
+
+
 def _torch_rate(paths):
-    if not FLAGS.torch_python or not os.path.exists(FLAGS.torch_python):
-        return None, f"skipped: no interpreter at --torch_python={FLAGS.torch_python!r}"
+    python = _torch_interpreter()
+    if python is None:
+        return None, ("skipped (--torch_python='')" if FLAGS.torch_python == ""
+                      else _NO_TORCHVISION)
+    if not os.path.exists(python):
+        return None, f"skipped: no interpreter at --torch_python={python!r}"
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump([list(paths), FLAGS.batch_size, FLAGS.workers, FLAGS.passes], f)
     try:
-        out = subprocess.run([FLAGS.torch_python, "-c", _TORCH_SCRIPT, f.name],
+        out = subprocess.run([python, "-c", _TORCH_SCRIPT, f.name],
                              capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, f"skipped: {e}"

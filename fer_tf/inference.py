@@ -14,7 +14,6 @@ Both model forms resize and normalise inside their graphs, so callers only have 
 supply face crops of the size training decoded them at (`Classifier.input_size`).
 """
 
-import json
 import os
 from typing import Callable, Optional
 
@@ -30,10 +29,8 @@ from fer_tf.classes import CLASS_NAMES
 # input size in-graph; giving it crops of this size repeats training's two resizes.
 DEFAULT_INPUT_SIZE = 112
 
-# Files in a training workdir that may record the decode size (first one found wins):
-# the flagfile fer_tf.train writes, then JSON files with an "image_size" entry.
+# The flagfile fer_tf.train writes into a workdir (it records --image_size).
 _FLAGFILE = "flags.txt"
-_CONFIG_FILES = ("config.json", "train_config.json", "result.json")
 _SAVED_MODEL_SIGNATURE = "predict_images"
 
 
@@ -135,7 +132,7 @@ def _saved_model_fn(path: str) -> Callable:
 
 
 def workdir_input_size(workdir: str) -> Optional[int]:
-    """The image_size a training workdir records (flags.txt of fer_tf.train, or JSON), if any."""
+    """The --image_size a training workdir's flags.txt records, if any."""
     flagfile = os.path.join(workdir, _FLAGFILE)
     if os.path.isfile(flagfile):
         with open(flagfile) as f:
@@ -143,18 +140,6 @@ def workdir_input_size(workdir: str) -> Optional[int]:
                 name, _, value = line.strip().partition("=")
                 if name == "--image_size" and value.isdigit():
                     return int(value)
-    for name in _CONFIG_FILES:
-        file = os.path.join(workdir, name)
-        if not os.path.isfile(file):
-            continue
-        try:
-            with open(file) as f:
-                payload = json.load(f)
-        except (OSError, ValueError):
-            continue
-        for candidate in (payload, payload.get("config", {}) if isinstance(payload, dict) else {}):
-            if isinstance(candidate, dict) and isinstance(candidate.get("image_size"), int):
-                return candidate["image_size"]
     return None
 
 

@@ -181,17 +181,6 @@ def build_expression_model(
     return keras.Model(images, logits, name=f"fer_{backbone}")
 
 
-def head_variables(model):
-    """Trainable variables of the head (learning rate 1e-3 in the paper)."""
-    return list(model.get_layer("head").trainable_variables)
-
-
-def backbone_variables(model):
-    """Trainable variables outside the head (learning rate 1e-6 in the paper)."""
-    head_ids = {id(v) for v in head_variables(model)}
-    return [v for v in model.trainable_variables if id(v) not in head_ids]
-
-
 # The model training keeps (best validation ABAW score); evaluate, predict and export
 # accept the training workdir in its place.
 BEST_MODEL_FILE = "best_model.keras"

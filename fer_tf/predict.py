@@ -44,6 +44,7 @@ from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
+import tqdm
 from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
@@ -151,29 +152,18 @@ def _largest(faces) -> int:
 
 
 class _Progress:
-    """tqdm bar with frames/s when tqdm is installed, else an absl log line every 10 s."""
+    """A tqdm bar with frames/s (none when disabled), and the overall rate."""
 
     def __init__(self, total: Optional[int], description: str, enabled: bool = True):
-        self.total, self.description, self.done = total, description, 0
-        self.start = self.last_log = time.time()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-                self.bar = tqdm(total=total or None, desc=description, unit="frame", file=sys.stderr,
-                                dynamic_ncols=True)
-            except ImportError:
-                pass
-        self.enabled = enabled
+        self.done = 0
+        self.start = time.time()
+        self.bar = tqdm.tqdm(total=total or None, desc=description, unit="frame",
+                             file=sys.stderr, dynamic_ncols=True) if enabled else None
 
     def update(self, n: int):
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.enabled and time.time() - self.last_log > 10:
-            self.last_log = time.time()
-            logging.info("%s: %d/%s frames, %.1f frames/s", self.description, self.done,
-                         self.total or "?", self.done / (self.last_log - self.start))
 
     def close(self):
         if self.bar is not None:

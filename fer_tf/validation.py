@@ -9,7 +9,6 @@ from typing import Callable, Dict, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from fer_tf import metrics as fer_metrics
 from fer_tf import plots
@@ -65,24 +64,11 @@ def confusion_matrix_image(cm: np.ndarray, class_names: Sequence[str], title: st
     return tf.image.decode_png(png, channels=3).numpy()[None]
 
 
-# TensorBoard summaries written with TensorFlow's own ops: the same records as
-# tf.summary.scalar/image, without requiring the tensorboard package to *write* them
-# (TF 2.21 no longer depends on it; `pip install tensorboard` to view the logs).
-
-
-def _metadata(plugin):
-    return summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
-
-
 def summary_scalar(tag: str, value, step: int):
     """Writes a TensorBoard scalar to the default writer."""
-    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
-                     metadata=_metadata("scalars"))
+    tf.summary.scalar(tag, float(value), step=step)
 
 
 def summary_image(tag: str, image: np.ndarray, step: int):
     """Writes one uint8 RGB image [H, W, 3] as a TensorBoard image summary."""
-    png = tf.io.encode_png(image)
-    tensor = tf.stack([tf.as_string(image.shape[1]), tf.as_string(image.shape[0]), png])
-    tf.summary.write(tag, tensor, step=step, metadata=_metadata("images"))
+    tf.summary.image(tag, image[None], step=step)

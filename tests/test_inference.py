@@ -1,6 +1,5 @@
 """load_classifier: .keras file, training workdir, SavedModel; batched probabilities."""
 
-import json
 
 import keras
 import numpy as np
@@ -45,12 +44,8 @@ def test_workdir_reads_best_model_and_image_size(tiny_model_file, tmp_path):
     path, model = tiny_model_file
     (tmp_path / "best_model.keras").write_bytes(path.read_bytes())
     assert inference.load_classifier(tmp_path).input_size == 112
-    (tmp_path / "config.json").write_text(json.dumps({"image_size": 96}))
-    assert inference.load_classifier(tmp_path).input_size == 96
-    # fer_tf.train's flagfile wins over JSON files.
-    (tmp_path / "flags.txt").write_text("# relaunch\n--workdir=/x\n--image_size=80\n")
-    assert inference.load_classifier(tmp_path).input_size == 80
-    (tmp_path / "flags.txt").unlink()
+    # The run's flagfile (as fer_tf.train writes it) gives the decode size.
+    (tmp_path / "flags.txt").write_text("# relaunch\n--workdir=/x\n--image_size=96\n")
     classifier = inference.load_classifier(tmp_path)
     assert classifier.input_size == 96 and classifier.path.endswith("best_model.keras")
     images = _images(2, size=96)

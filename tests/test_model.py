@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fer_tf import model as model_lib
+from fer_tf import model as model_lib, optim
 from fer_tf import preprocessing
 
 
@@ -28,17 +28,17 @@ def test_model_equals_backbone_on_preprocessed_input(tiny):
     np.testing.assert_allclose(tiny(x).numpy(), manual, rtol=1e-6, atol=1e-6)
 
 
-def test_head_and_backbone_variables_partition_the_trainable_set(tiny):
-    head = model_lib.head_variables(tiny)
-    backbone = model_lib.backbone_variables(tiny)
+def test_the_optimiser_groups_only_the_head_at_lr_head(tiny):
+    # optim.head_mask decides which variables train at lr_head: exactly the head's two.
+    mask = optim.head_mask(tiny)
+    head = [v for v, is_head in zip(tiny.trainable_variables, mask) if is_head]
     assert [tuple(v.shape) for v in head] == [(512, 7), (7,)]  # 4 stages: 16 * 8 * 4 features
-    assert len(head) + len(backbone) == len(tiny.trainable_variables)
-    assert not {id(v) for v in head} & {id(v) for v in backbone}
+    assert len(mask) == len(tiny.trainable_variables) and sum(mask) == 2
 
 
 def test_head_uses_pytorch_linear_init_bounds(tiny):
     bound = 1 / math.sqrt(512)
-    kernel, bias = (v.numpy() for v in model_lib.head_variables(tiny))
+    kernel, bias = (v.numpy() for v in tiny.get_layer("head").trainable_variables)
     assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
     assert np.abs(kernel).max() > 0.8 * bound  # uniform over the whole range, not a narrower init
 

@@ -62,7 +62,14 @@ def compare_with_torch(source_arrays, fmt, keras_model, batch=2, seed=0):
     blocks, base_width, classes = layout.infer_architecture(torch_arrays)
     reference = torch_senet.SENet(blocks, base_width, classes or 1, include_top=classes is not None)
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in torch_arrays.items()}
-    reference.load_state_dict(state, strict=False)
+    # Strict but for BatchNorm's step counters, which some releases omit and which no
+    # output depends on.
+    keys = reference.load_state_dict(state, strict=False)
+    missing = [k for k in keys.missing_keys if not k.endswith(".num_batches_tracked")]
+    if missing or keys.unexpected_keys:
+        raise layout.ConversionError(
+            f"the PyTorch reference does not take these tensors exactly: missing {missing}, "
+            f"unexpected {keys.unexpected_keys}")
     reference.eval()
 
     h, w = keras_model.input_shape[1:3]

@@ -1,6 +1,5 @@
 """The record type every reader returns: labelled image files, nothing of TensorFlow."""
 
-import collections
 import dataclasses
 from typing import Sequence
 
@@ -83,9 +82,3 @@ def merge(*sources: LabelledImages) -> LabelledImages:
         videos=[v for s in sources for v in s.videos],
         frames=np.concatenate([s.frames for s in sources]),
     )
-
-
-def count_by_class(labels, num_classes: int) -> collections.OrderedDict:
-    """Maps class index -> count (all classes present, zeros included)."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
-    return collections.OrderedDict((i, int(c)) for i, c in enumerate(counts))
