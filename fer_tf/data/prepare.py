@@ -35,9 +35,13 @@ def define_flags():
 
 def prepare(dataset: str, manual_dir, data_dir, **options) -> dict:
     """Builds the records and returns {split: number of examples}."""
-    # TFDS writes <data_dir>/<name>/<version>/ and reuses a finished build; records
-    # written among (or around) the source images would mix the two.
-    atomic.check_output_dir(data_dir, inputs=[manual_dir], flag="--data_dir")
+    # TFDS writes <data_dir>/<name>/<version>/ and reuses a finished build. Records written
+    # among the source images would mix the two; the reverse is TFDS's own convention
+    # (manual_dir defaults to <data_dir>/downloads/manual), so it stays allowed.
+    if atomic.is_within(data_dir, manual_dir):
+        raise ValueError(f"--data_dir={data_dir} would mix outputs with the input "
+                         f"--manual_dir={manual_dir}; choose a folder outside it")
+    atomic.check_output_dir(data_dir, flag="--data_dir")
     start = time.monotonic()
     logging.info("Building %s from %s into %s", dataset, manual_dir, data_dir)
     builder = tfds_builders.build(dataset, manual_dir, data_dir, **options)

@@ -86,3 +86,15 @@ def test_load_merge_concatenates(tmp_path):
     assert len(records) == 11 + 8
     assert sorted(r["label"] for r in records[11:]) == sorted([4, 0, 1, 2, 3, 5, 6, 0])
     assert all(r["video"] == "" and r["frame"] == -1 for r in records[11:])
+
+
+def test_prepare_accepts_tfds_manual_dir_inside_data_dir(tmp_path):
+    # TFDS's own convention: manual_dir = <data_dir>/downloads/manual. Only the reverse
+    # (records written among the source images) is refused.
+    from fer_tf.data import prepare  # pylint: disable=import-outside-toplevel
+    manual = tmp_path / "tfds" / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    with pytest.raises(AssertionError, match="Manual directory"):  # TFDS: empty manual dir
+        prepare.prepare("affwild2", manual, tmp_path / "tfds")
+    with pytest.raises(ValueError, match="would mix outputs with the input"):
+        prepare.prepare("affwild2", tmp_path, tmp_path / "records")
