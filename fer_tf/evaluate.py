@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from fer_tf import atomic, cli, inference, metrics, plots, pretrained, temporal
-from fer_tf.data import examples, pipeline, sources
+from fer_tf.data import examples, pipeline, records, sources
 
 REPORT_FILE = "evaluation.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -57,14 +57,19 @@ def predict_source(classifier, source: examples.LabelledImages, batch_size: int 
       (kept, probs): the LabelledImages actually scored (undecodable files removed,
       logged and counted) and float32 [len(kept), C] probabilities.
     """
-    ok, _ = pipeline.check_image_files(source.paths)
-    kept = examples.subset(source, ok)
-    if len(kept) == 0:
-        raise ValueError(f"no decodable image among the {len(source)} listed")
-    # skip_corrupt=False: files were checked above, and a silently dropped element
-    # would misalign predictions with paths; a decode failure here is an error.
-    dataset = pipeline.make_dataset(kept, batch_size, image_size=classifier.input_size,
-                                    shuffle=False, skip_corrupt=False)
+    if isinstance(source, records.RecordSplit):
+        # Records were checked when built; one the decoder drops fails the order check.
+        kept = source
+        dataset = records.make_dataset(source, batch_size, classifier.input_size, shuffle=False)
+    else:
+        ok, _ = pipeline.check_image_files(source.paths)
+        kept = examples.subset(source, ok)
+        if len(kept) == 0:
+            raise ValueError(f"no decodable image among the {len(source)} listed")
+        # skip_corrupt=False: files were checked above, and a silently dropped element
+        # would misalign predictions with paths; a decode failure here is an error.
+        dataset = pipeline.make_dataset(kept, batch_size, image_size=classifier.input_size,
+                                        shuffle=False, skip_corrupt=False)
     probs, labels, start, done = [], [], time.time(), 0
     for images, batch_labels, _ in dataset:
         probs.append(classifier.predict_probabilities(images.numpy()))
@@ -258,7 +263,10 @@ def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "va
             overwrite)
     classifier = inference.load_classifier(model, batch_size=batch_size, input_size=input_size,
                                            flip_average=flip_average)
-    source = sources.load_source(dataset, data_dir, split, **source_options)
+    if records.is_records(dataset):
+        source = records.load_split(dataset, data_dir, split, **source_options)
+    else:
+        source = sources.load_source(dataset, data_dir, split, **source_options)
     logging.info("evaluating %s on %s/%s: %s", classifier, dataset, split, source.summary())
     result = evaluate_source(classifier, source, smooth_window, batch_size)
     print(format_tables(result))
@@ -277,8 +285,9 @@ FLAGS = flags.FLAGS
 def define_flags():
     flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
                         "package), training workdir, .keras file or exported SavedModel dir.")
-    flags.DEFINE_string("dataset", None, f"Dataset name: one of {sources.DATASETS}.")
-    flags.DEFINE_string("data_dir", None, "Dataset root folder.")
+    flags.DEFINE_string("dataset", None, f"Dataset name: one of {sources.DATASETS}, or "
+                        "tfds:affwild2 / tfds:expw for records built by fer_tf.data.prepare.")
+    flags.DEFINE_string("data_dir", None, "Dataset root folder (tfds: datasets: the TFDS data dir).")
     flags.DEFINE_string("split", "validation", "Split to evaluate.")
     flags.DEFINE_integer("smooth_window", 1, "Odd temporal smoothing window in frames (videos); "
                          "1 = no smoothing. Choose it on validation data.")

@@ -34,10 +34,11 @@ class TrainConfig:
 
     dataset: str = _setting(
         "affwild2+expw", "Dataset name for fer_tf.data.sources (affwild2, expw, fer2013, "
-        "image_folder, demo, or merges like affwild2+expw).")
+        "image_folder, demo, or merges like affwild2+expw); tfds:affwild2, tfds:expw, "
+        "tfds:affwild2+expw read the records fer_tf.data.prepare built.")
     data_dir: str = _setting(
-        "", "Dataset root (merges: comma list in the order of --dataset). For demo, "
-        "written there if absent.")
+        "", "Dataset root (merges: comma list in the order of --dataset; tfds: datasets: "
+        "the TFDS data dir). For demo, written there if absent.")
     train_split: str = _setting("train", "Training split.")
     val_split: str = _setting("validation", "Validation split.")
     val_dataset: str = _setting(
@@ -107,6 +108,9 @@ class TrainConfig:
     eval_batch_size: int = _setting(256, "Validation batch size.")
     max_val_images: int = _setting(
         0, "Validate on a fixed random subset of this many images (0: all).")
+    shuffle_buffer: int = _setting(
+        0, "tfds: datasets: records held by the training shuffle; 0 = all (the same order "
+        "as reading the files; holds every encoded image in memory).")
     cache_images: bool = _setting(
         False, "Decode the images once into memory (small datasets such as FER2013: about "
         "180 MB at 48x48); same examples and order as reading the files every epoch.")
@@ -153,6 +157,9 @@ def _check_ranges(config: TrainConfig):
                  "num_classes", "max_checkpoints"):
         if getattr(config, name) <= 0:
             raise ValueError(f"--{name} must be > 0, got {getattr(config, name)}")
+    if config.shuffle_buffer < 0:
+        raise ValueError(f"--shuffle_buffer must be >= 0 (0: all records), got "
+                         f"{config.shuffle_buffer}")
     if config.patience < 0:
         raise ValueError(f"--patience must be >= 0 (0 disables early stopping), got "
                          f"{config.patience}")
@@ -201,7 +208,7 @@ def _check_weights(config: TrainConfig):
 
 # Settings that give a checkpoint (or its data position) its meaning: resuming with a
 # different value would silently reinterpret it, or fail deep inside restore.
-RESUME_CRITICAL = ("dataset", "data_dir", "train_split", "image_size", "backbone",
+RESUME_CRITICAL = ("dataset", "data_dir", "train_split", "image_size", "backbone", "shuffle_buffer",
                    "batch_size", "micro_batches", "seed", "num_classes")
 
 

@@ -30,7 +30,7 @@ from fer_tf import atomic, optim
 from fer_tf import model as model_lib
 from fer_tf import validation as validation_lib
 from fer_tf.classes import CLASS_NAMES
-from fer_tf.data import demo, examples, pipeline, sources
+from fer_tf.data import demo, examples, pipeline, records, sources
 from fer_tf.train_config import TrainConfig, resolve_class_weights
 from fer_tf.train_step import make_train_step
 
@@ -421,17 +421,46 @@ def _format_eta(seconds):
 # From a config: data, model, strategy.
 
 
+def _read_split(dataset: str, data_dir, split: str):
+    """A split as LabelledImages (files), or as a RecordSplit for "tfds:" datasets."""
+    if records.is_records(dataset):
+        return records.load_split(dataset, data_dir, split)
+    return sources.load_source(dataset, data_dir, split)
+
+
+def _subset(source, indices):
+    if isinstance(source, records.RecordSplit):
+        return records.subset(source, indices)
+    return examples.subset(source, indices)
+
+
+def _batches(source, batch_size: int, config: TrainConfig, **options) -> tf.data.Dataset:
+    """One epoch of (images, labels, weights) batches from files, records or memory."""
+    if isinstance(source, records.RecordSplit):
+        return records.make_dataset(source, batch_size, config.image_size,
+                                    shuffle_buffer=config.shuffle_buffer, **options)
+    return pipeline.make_dataset(source, batch_size, image_size=config.image_size,
+                                 repeat=False, **options)
+
+
+def _decode_into_memory(source, image_size: int) -> pipeline.DecodedImages:
+    if isinstance(source, records.RecordSplit):
+        return records.decode_all(source, image_size)
+    return pipeline.DecodedImages(source, image_size)
+
+
 def make_loop_data(config: TrainConfig) -> LoopData:
     """Reads the splits and builds the input pipelines of a config.
 
     For ``dataset="demo"`` the synthetic demo data is written to ``data_dir`` first
-    if it is not there yet.
+    if it is not there yet. "tfds:" datasets read the records `fer_tf.data.prepare`
+    built (`fer_tf.data.records`): the same batches as the files give.
     """
     if config.dataset == "demo":
         demo.write_demo_dataset(config.data_dir)
-    train_source = sources.load_source(config.dataset, config.data_dir, config.train_split)
-    val_source = sources.load_source(config.val_dataset or config.dataset,
-                                     config.val_data_dir or config.data_dir, config.val_split)
+    train_source = _read_split(config.dataset, config.data_dir, config.train_split)
+    val_source = _read_split(config.val_dataset or config.dataset,
+                             config.val_data_dir or config.data_dir, config.val_split)
     logging.info("train (%s/%s): %s", config.dataset, config.train_split, train_source.summary())
     logging.info("validation (%s/%s): %s", config.val_dataset or config.dataset, config.val_split,
                  val_source.summary())
@@ -442,29 +471,27 @@ def make_loop_data(config: TrainConfig) -> LoopData:
         # A fixed random subset: the same images at every validation and on resume.
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(val_source))[
             : config.max_val_images])
-        val_source = examples.subset(val_source, keep)
+        val_source = _subset(val_source, keep)
     weights = resolve_class_weights(config, train_source.class_counts())
     if weights is not None:
         logging.info("class weights: %s", ", ".join(
             f"{n} {w:.3g}" for n, w in zip(CLASS_NAMES, weights)))
     if config.cache_images:
         start = time.time()
-        train_source = pipeline.DecodedImages(train_source, config.image_size)
-        val_source = pipeline.DecodedImages(val_source, config.image_size)
+        train_source = _decode_into_memory(train_source, config.image_size)
+        val_source = _decode_into_memory(val_source, config.image_size)
         logging.info("decoded %d training and %d validation images into memory (%.0fs)",
                      len(train_source), len(val_source), time.time() - start)
 
     def train_epoch(epoch, skip):
         # A different, reproducible order in each epoch.
-        return pipeline.make_dataset(
-            train_source, config.batch_size, image_size=config.image_size, shuffle=True,
-            seed=config.seed * 100_003 + epoch, repeat=False, class_weights=weights,
-            drop_remainder=True, skip_batches=skip)
+        return _batches(train_source, config.batch_size, config, shuffle=True,
+                        seed=config.seed * 100_003 + epoch, class_weights=weights,
+                        drop_remainder=True, skip_batches=skip)
 
     def validation():
-        return pipeline.make_dataset(
-            val_source, config.eval_batch_size, image_size=config.image_size, shuffle=False,
-            repeat=False, drop_remainder=False)
+        return _batches(val_source, config.eval_batch_size, config, shuffle=False,
+                        drop_remainder=False)
 
     return LoopData(train_epoch, validation, images_per_epoch=len(train_source))
 

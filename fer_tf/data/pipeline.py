@@ -356,6 +356,15 @@ class DecodedImages:
         self.labels = labels[kept]
         self.image_size = image_size
 
+    @classmethod
+    def from_arrays(cls, pixels: np.ndarray, labels: np.ndarray, image_size: int):
+        """Images decoded elsewhere (e.g. from TFDS records): uint8 [N, S, S, 3], labels [N]."""
+        decoded = cls.__new__(cls)
+        decoded.pixels = np.asarray(pixels, np.uint8)
+        decoded.labels = np.asarray(labels, np.int64)
+        decoded.image_size = image_size
+        return decoded
+
     def __len__(self):
         return len(self.labels)
 

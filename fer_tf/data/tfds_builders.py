@@ -78,6 +78,7 @@ class Affwild2Expression(tfds.core.GeneratorBasedBuilder):
             description="Aff-Wild2 expression track (ABAW), cropped-aligned 112x112 faces.",
             features=_features(names),
             supervised_keys=("image", "label"),
+            disable_shuffling=True,
             homepage="https://ibug.doc.ic.ac.uk/resources/aff-wild2/",
         )
 
@@ -134,6 +135,7 @@ class Expw(tfds.core.GeneratorBasedBuilder):
             description="Expression in-the-Wild (ExpW) face crops, labels remapped to ABAW order.",
             features=_features(classes.CLASS_NAMES),
             supervised_keys=("image", "label"),
+            disable_shuffling=True,
             homepage="https://mmlab.ie.cuhk.edu.hk/projects/socialrelation/index.html",
         )
 
@@ -216,7 +218,7 @@ def build(dataset: str, manual_dir, data_dir, **options) -> tfds.core.DatasetBui
     return builder
 
 
-def load(dataset: str, data_dir, split: str, **options) -> tf.data.Dataset:
+def load(dataset: str, data_dir, split: str, decoders=None, **options) -> tf.data.Dataset:
     """Reads built records: a dataset of {"image": uint8 [H,W,3], "label": int64,
     "video": string, "frame": int64}.
 
@@ -225,6 +227,8 @@ def load(dataset: str, data_dir, split: str, **options) -> tf.data.Dataset:
         options go to the part they apply to).
       data_dir: the TFDS data_dir given to prepare.
       split: "train" or "validation" (ExpW has "train" only).
+      decoders: TFDS decoders, e.g. ``{"image": tfds.decode.SkipDecoding()}`` for the
+        encoded bytes.
       **options: keep_other (affwild2); margin, min_confidence (expw): select the
         built config.
 
@@ -241,6 +245,6 @@ def load(dataset: str, data_dir, split: str, **options) -> tf.data.Dataset:
                 f"{builder.name}/{builder.builder_config.name} is not built in "
                 f"{os.fspath(data_dir)!r}; run: python -m fer_tf.data.prepare --dataset={name} "
                 f"--manual_dir=<unpacked {name}> --data_dir={os.fspath(data_dir)}")
-        part = builder.as_dataset(split=split, shuffle_files=False)
+        part = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
         result = part if result is None else result.concatenate(part)
     return result
