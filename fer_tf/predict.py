@@ -48,7 +48,8 @@ import tqdm
 from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
-from fer_tf import atomic, cli, inference, pretrained, submission, temporal, video as video_lib
+from fer_tf import atomic, cli, inference, pretrained, submission, temporal, tracking
+from fer_tf import video as video_lib
 from fer_tf import model as model_lib
 from fer_tf.data import pipeline
 
@@ -61,11 +62,17 @@ FACE_MODES = ("detect", "none")
 # reader's crops differ: the annotated rectangle itself unless --margin is given
 # (fer_tf.data.expw.crop_box); a model stores the margin its training data calls for.
 DEFAULT_MARGIN = 0.2
+# Videos: detector every 5th frame, optical flow between (chosen on the benchmark's
+# boxes: mean IoU against per-frame detection, see the README); a face unseen for a
+# second (25 frames) gets a new track id.
+DEFAULT_DETECT_EVERY = 5
+DEFAULT_TRACK_GAP = 25
 
 
 def csv_columns(class_names: Sequence[str]) -> List[str]:
     """The prediction CSV's header for a label space."""
-    return (["source", "frame", "timestamp_s", "face", "x", "y", "w", "h", "detection_score"]
+    return (["source", "frame", "timestamp_s", "face", "track_id", "x", "y", "w", "h",
+             "detection_score", "box_source"]
             + [f"p_{name}" for name in class_names] + ["label", "smoothed_label"])
 
 
@@ -80,6 +87,8 @@ class FaceRow:
     box: faces_lib.Box
     probabilities: np.ndarray
     smoothed_label: Optional[int] = None
+    track_id: Optional[int] = None  # videos: the same person across frames
+    box_source: str = "detected"  # videos: "detected" or "tracked" (moved by optical flow)
 
     @property
     def label(self) -> int:
@@ -88,13 +97,15 @@ class FaceRow:
 
 @dataclasses.dataclass
 class VideoPrediction:
-    """What `predict_video` found: rows and the per-frame labels of the largest face."""
+    """What `predict_video` found: rows and the per-frame labels of the main track."""
 
     rows: List[FaceRow]
     num_frames: int
     fps: float
-    frame_labels: np.ndarray  # [num_frames] filled + smoothed labels (every frame)
+    frame_labels: np.ndarray  # [num_frames] the main track's filled + smoothed labels
     frames_with_face: int
+    main_track: Optional[int] = None  # the track of frame_labels (None: no face)
+    detections: int = 0  # frames the detector ran on
 
 
 class FacePredictor:
@@ -121,20 +132,17 @@ class FacePredictor:
         # Same resize as the training pipeline's decode (bilinear, antialiased).
         return pipeline.resize_uint8(image, size).numpy()
 
-    def predict_frames(self, images: Sequence[np.ndarray]):
-        """Faces and probabilities of a batch of RGB images (frames or photos).
-
-        Args:
-          images: uint8 RGB [H, W, 3] images (sizes may differ).
-
-        Returns:
-          per image, a list of (Box, probabilities float32 [C]) in reading order.
-        """
+    def detect(self, images: Sequence[np.ndarray]) -> List[List[faces_lib.Box]]:
+        """The face boxes of each image (the whole image when there is no detector)."""
         if self.detector is None:
-            boxes = [[faces_lib.Box(0, 0, image.shape[1], image.shape[0], 1.0)] for image in images]
+            return [[faces_lib.Box(0, 0, image.shape[1], image.shape[0], 1.0)] for image in images]
+        return self.detector.detect_batch(list(images))
+
+    def classify(self, images: Sequence[np.ndarray], boxes: Sequence[Sequence[faces_lib.Box]]):
+        """Probabilities of the given faces: per image, a list of (Box, float32 [C])."""
+        if self.detector is None:
             crops = [self._whole_image_crop(image)[None] for image in images]
         else:
-            boxes = self.detector.detect_batch(list(images))
             crops = [faces_lib.crop_faces(image, b, self.margin, self.classifier.input_size)
                      for image, b in zip(images, boxes) if b]
         if crops:
@@ -145,10 +153,16 @@ class FacePredictor:
             k += len(image_boxes)
         return out
 
+    def predict_frames(self, images: Sequence[np.ndarray]):
+        """Faces and probabilities of a batch of RGB images (frames or photos).
 
-def _largest(faces) -> int:
-    """Index of the largest face (box area); ties go to the first in reading order."""
-    return int(np.argmax([box.w * box.h for box, _ in faces]))
+        Args:
+          images: uint8 RGB [H, W, 3] images (sizes may differ).
+
+        Returns:
+          per image, a list of (Box, probabilities float32 [C]) in reading order.
+        """
+        return self.classify(images, self.detect(images))
 
 
 class _Progress:
@@ -175,18 +189,22 @@ class _Progress:
 
 
 def predict_video(predictor: FacePredictor, path, batch_size: int = 32, smooth_window: int = 1,
-                  progress: bool = True) -> VideoPrediction:
-    """Streams a video through detection and classification.
+                  progress: bool = True, detect_every: int = 1,
+                  track_gap: int = 25) -> VideoPrediction:
+    """Streams a video through detection (or tracking), classification and smoothing.
 
     Args:
       predictor: a `FacePredictor`.
       path: video file.
       batch_size: frames decoded, detected and classified together.
-      smooth_window: odd window (frames) for the largest-face track's smoothing.
+      smooth_window: odd window (frames) for each track's smoothing.
       progress: show a progress bar / log lines with frames/s.
+      detect_every: run the detector every this many frames and move the boxes with
+        optical flow in between (`fer_tf.tracking.FaceFollower`); 1: every frame.
+      track_gap: a face unseen for more than this many frames starts a new track.
 
     Returns:
-      A `VideoPrediction`; rows of the largest face carry `smoothed_label`.
+      A `VideoPrediction`; every row carries its ``track_id`` and ``smoothed_label``.
 
     Raises:
       FileNotFoundError / ValueError: missing, unreadable or undecodable video
@@ -195,32 +213,68 @@ def predict_video(predictor: FacePredictor, path, batch_size: int = 32, smooth_w
     source = os.fspath(path)
     info = video_lib.video_info(source)
     frames_iter = video_lib.iter_video_frames(source, batch_size)
-    rows, track, present, largest_row = [], [], [], []
+    every = detect_every if predictor.detector is not None else 1  # crops: nothing to track
+    follower = tracking.FaceFollower(predictor.detect, every, track_gap)
+    rows, num_frames = [], 0
     bar = _Progress(info.frame_count, os.path.basename(source), progress)
     try:
         for indices, timestamps, frames in frames_iter:
-            for index, stamp, faces in zip(indices, timestamps, predictor.predict_frames(frames)):
-                for k, (box, probs) in enumerate(faces):
-                    rows.append(FaceRow(source, int(index), float(stamp), k, box, probs))
-                if faces:
-                    best = _largest(faces)
-                    track.append(faces[best][1])
-                    largest_row.append(len(rows) - len(faces) + best)
-                else:
-                    track.append(np.full(len(predictor.classifier.class_names), np.nan, np.float32))
-                    largest_row.append(-1)
-                present.append(bool(faces))
+            followed = follower.follow(indices, frames)
+            classified = predictor.classify(frames, [boxes for boxes, _, _ in followed])
+            for index, stamp, faces, (_, kinds, ids) in zip(indices, timestamps, classified,
+                                                             followed):
+                rows += [FaceRow(source, int(index), float(stamp), k, box, probs, None, ids[k],
+                                 kinds[k]) for k, (box, probs) in enumerate(faces)]
+            num_frames += len(indices)
             bar.update(len(indices))
     finally:
         bar.close()
-    logging.info("%s: %d frames, %d with a face, %d faces, %.1f frames/s", source, len(track),
-                 sum(present), len(rows), bar.rate)
-    smoothed = temporal.smooth_video_predictions(np.stack(track), present, smooth_window)
-    labels = np.argmax(smoothed, axis=1).astype(np.int64)
-    for frame, row in enumerate(largest_row):
-        if row >= 0:
-            rows[row].smoothed_label = int(labels[frame])
-    return VideoPrediction(rows, len(track), info.fps, labels, int(sum(present)))
+    with_face = len({row.frame for row in rows})
+    logging.info("%s: %d frames, %d with a face, %d faces in %d tracks, detector on %d frames, "
+                 "%.1f frames/s", source, num_frames, with_face, len(rows),
+                 len({row.track_id for row in rows}), follower.detections, bar.rate)
+    num_classes = len(predictor.classifier.class_names)
+    main, frame_labels = _smooth_tracks(rows, num_frames, smooth_window, num_classes)
+    if main is not None:
+        logging.info("%s: main track %d (the longest: %d of %d frames) gives the per-frame "
+                     "labels", source, main, sum(r.track_id == main for r in rows), num_frames)
+    return VideoPrediction(rows, num_frames, info.fps, frame_labels, with_face, main,
+                           follower.detections)
+
+
+def _main_track(rows) -> Optional[int]:
+    """The longest track (most frames); ties go to the larger mean face area."""
+    if not rows:
+        return None
+    frames, areas = {}, {}
+    for row in rows:
+        frames[row.track_id] = frames.get(row.track_id, 0) + 1
+        areas[row.track_id] = areas.get(row.track_id, 0) + row.box.w * row.box.h
+    return max(frames, key=lambda t: (frames[t], areas[t] / frames[t], -t))
+
+
+def _smooth_tracks(rows, num_frames: int, window: int, num_classes: int):
+    """Sets each row's ``smoothed_label`` (fill + smoothing along its own track) and
+    returns (main track id, its filled + smoothed label for every frame)."""
+    by_track = {}
+    for i, row in enumerate(rows):
+        by_track.setdefault(row.track_id, []).append(i)
+    for indices in by_track.values():
+        frames = np.array([rows[i].frame for i in indices])
+        first = frames.min()
+        sequence = np.full((frames.max() - first + 1, num_classes), np.nan, np.float32)
+        sequence[frames - first] = [rows[i].probabilities for i in indices]
+        present = ~np.isnan(sequence[:, 0])
+        labels = np.argmax(temporal.smooth_video_predictions(sequence, present, window), axis=1)
+        for i, frame in zip(indices, frames):
+            rows[i].smoothed_label = int(labels[frame - first])
+    main = _main_track(rows)
+    sequence = np.full((num_frames, num_classes), np.nan, np.float32)
+    for i in by_track.get(main, []):
+        sequence[rows[i].frame] = rows[i].probabilities
+    present = ~np.isnan(sequence[:, 0])
+    smoothed = temporal.smooth_video_predictions(sequence, present, window)
+    return main, np.argmax(smoothed, axis=1).astype(np.int64)
 
 
 def predict_images(predictor: FacePredictor, paths: Sequence, batch_size: int = 32,
@@ -261,18 +315,17 @@ def rows_to_csv(rows: Sequence[FaceRow], class_names: Sequence[str]) -> str:
     writer.writerow(csv_columns(class_names))
     for r in rows:
         writer.writerow(
-            [r.source, r.frame, f"{r.timestamp:.6f}", r.face, r.box.x, r.box.y, r.box.w, r.box.h,
-             f"{r.box.score:.4f}"] + [f"{p:.6f}" for p in r.probabilities]
+            [r.source, r.frame, f"{r.timestamp:.6f}", r.face,
+             "" if r.track_id is None else r.track_id, r.box.x, r.box.y, r.box.w, r.box.h,
+             f"{r.box.score:.4f}", r.box_source] + [f"{p:.6f}" for p in r.probabilities]
             + [class_names[r.label], "" if r.smoothed_label is None else class_names[r.smoothed_label]])
     return out.getvalue()
 
 
 def write_annotated_video(path, video_path, prediction: VideoPrediction, class_names,
                           smooth_window: int = 1) -> pathlib.Path:
-    """Re-reads the video and writes it with every face's box and label drawn.
-
-    The largest face shows the smoothed label when smooth_window > 1, others the raw one.
-    """
+    """Re-reads the video and writes it with every face's box, track id and label drawn
+    (the track's smoothed label when smooth_window > 1, else the frame's own)."""
     by_frame = {}
     for row in prediction.rows:
         by_frame.setdefault(row.frame, []).append(row)
@@ -286,10 +339,11 @@ def write_annotated_video(path, video_path, prediction: VideoPrediction, class_n
                 rows = by_frame.get(int(index), [])
                 labels = []
                 for r in rows:
+                    track = "" if r.track_id is None else f"#{r.track_id} "
                     if smooth_window > 1 and r.smoothed_label is not None:
-                        labels.append(f"{class_names[r.smoothed_label]} (K={smooth_window})")
+                        labels.append(f"{track}{class_names[r.smoothed_label]} (K={smooth_window})")
                     else:
-                        labels.append(f"{class_names[r.label]} {r.probabilities[r.label]:.2f}")
+                        labels.append(f"{track}{class_names[r.label]} {r.probabilities[r.label]:.2f}")
                 writer.write(frame, [r.box for r in rows], labels)
     except BaseException:
         if writer is not None:
@@ -345,11 +399,13 @@ def _check_outputs(model, input_path, images, videos, output, annotated_video,
                                 overwrite, "--abaw_submission_dir")
 
 
-def _predict_one_video(predictor, path, single, failed, batch_size, smooth_window, progress):
+def _predict_one_video(predictor, path, single, failed, batch_size, smooth_window, progress,
+                       detect_every, track_gap):
     """A video's prediction; None (and a line in ``failed``) if it cannot be read, unless it
     is the only input (then the error is the user's answer)."""
     try:
-        return predict_video(predictor, path, batch_size, smooth_window, progress)
+        return predict_video(predictor, path, batch_size, smooth_window, progress,
+                             detect_every, track_gap)
     except (ValueError, FileNotFoundError, cv2.error) as error:
         if single:
             raise
@@ -383,7 +439,8 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
             annotated_video: Optional[str] = None, batch_size: int = 32,
             margin: Optional[float] = None, min_face_size: int = 20, progress: bool = True,
             classifier=None, detector=None, flip_average: bool = False,
-            overwrite: bool = False) -> dict:
+            overwrite: bool = False, detect_every: int = DEFAULT_DETECT_EVERY,
+            track_gap: int = DEFAULT_TRACK_GAP) -> dict:
     """Runs prediction on an image, a video or a folder and writes the requested outputs.
 
     Args:
@@ -404,6 +461,9 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
       flip_average: average each face's probabilities with its mirror image's.
       overwrite: replace existing output files (without it an existing output is an
         error); an output that is an input or the model is always refused.
+      detect_every: videos: run the detector every this many frames, optical flow
+        moves the boxes in between (1: detect every frame).
+      track_gap: videos: frames a face may go unseen and keep its track id.
 
     Returns:
       dict(rows, num_images, num_videos, num_faces, failed (list of (path, reason)),
@@ -418,6 +478,9 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     temporal.check_window(smooth_window, "smooth_window")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if int(detect_every) < 1 or int(track_gap) < 0:
+        raise ValueError(f"--detect_every must be >= 1 and --track_gap >= 0, got "
+                         f"{detect_every} and {track_gap}")
     images, videos = list_inputs(input_path)
     single = os.path.isfile(input_path)
     if annotated_video and not (single and videos):
@@ -440,7 +503,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     results, outputs = {}, []
     for path in videos:
         result = _predict_one_video(predictor, path, single, failed, batch_size, smooth_window,
-                                    progress)
+                                    progress, detect_every, track_gap)
         if result is None:
             continue
         results[os.fspath(path)] = result
@@ -489,6 +552,11 @@ def define_flags():
     flags.DEFINE_bool("flip_average", False, "Average each face's probabilities with its "
                       "mirror image's (test-time augmentation, twice the compute).")
     flags.DEFINE_integer("min_face_size", 20, "Smallest face side (pixels) searched for.")
+    flags.DEFINE_integer("detect_every", DEFAULT_DETECT_EVERY, "Videos: run the face "
+                         "detector every N frames and move the boxes with optical flow in "
+                         "between (re-detecting where a face is lost); 1 = every frame.")
+    flags.DEFINE_integer("track_gap", DEFAULT_TRACK_GAP, "Videos: frames a face may go "
+                         "unseen and keep its track_id.")
     flags.mark_flags_as_required(["input"])
 
 
@@ -498,7 +566,8 @@ def main(argv):
     summary = predict(FLAGS.model, FLAGS.input, FLAGS.output, FLAGS.faces,
                       FLAGS.smooth_window, FLAGS.abaw_submission_dir, FLAGS.annotated_video,
                       FLAGS.batch_size, FLAGS.margin, FLAGS.min_face_size,
-                      flip_average=FLAGS.flip_average, overwrite=FLAGS.overwrite)
+                      flip_average=FLAGS.flip_average, overwrite=FLAGS.overwrite,
+                      detect_every=FLAGS.detect_every, track_gap=FLAGS.track_gap)
     if not FLAGS.output:
         sys.stdout.write(rows_to_csv(summary["rows"], summary["class_names"]))
     logging.info("%d images, %d videos, %d faces, %d inputs without a face, %d inputs skipped; "
