@@ -10,6 +10,11 @@ One run, one process, this CPU:
 2. Classification latency of the exported SavedModel (`fer_tf.export`, its
    ``predict_images`` signature) against the Keras model (`fer_tf.inference`), at
    batch 1 and 32, on uint8 112x112 crops. Median of `--repeats` calls after warm-up.
+3. Face tracking, with the shipped model: frames/s of per-frame detection against the
+   default (`fer_tf.predict.DEFAULT_DETECT_EVERY`: the detector every k-th frame,
+   optical flow between) on a camera pan over a real photo of five faces
+   (``--multi_face_photo``; no real video is stored here), the boxes' mean IoU against
+   per-frame detection, label agreement, and the final ratio line.
 
 The model is a randomly initialised `--backbone` ("small" by default: SE-ResNet
 blocks (1,1,1,1), width 32, 112x112 input); speed does not depend on the weights.
@@ -36,6 +41,10 @@ flags.DEFINE_integer("width", 640, "Video width.")
 flags.DEFINE_integer("height", 360, "Video height.")
 flags.DEFINE_integer("batch", 32, "Frames per batch in the batched run.")
 flags.DEFINE_integer("repeats", 20, "Timed calls per latency measurement (median reported).")
+flags.DEFINE_string("multi_face_photo", os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "faces", "pyfeat_multi_face.jpg"),
+    "Real photo of several faces for the tracking rows' camera pan.")
+flags.DEFINE_integer("pan_frames", 150, "Frames of the camera-pan video (tracking rows).")
 
 
 def _write_video(path, photo_path, frames, width, height, fps=25.0):
@@ -123,6 +132,57 @@ def _run(work):
     print(f"\nratio: batched / frame-by-frame video frames/s = {rates[FLAGS.batch] / rates[1]:.2f}")
     for batch, (k, s) in latency.items():
         print(f"ratio: SavedModel / Keras latency at batch {batch} = {s / k:.2f}")
+    _tracking_rows(work, detector)
+
+
+def _agreement(reference, other):
+    """Mean IoU of each per-frame-detected face with its best match in ``other``, and the
+    share of those faces given the same label."""
+    import numpy as np
+
+    from fer_tf import tracking
+
+    ious, same = [], []
+    for frame in sorted({r.frame for r in reference.rows}):
+        ref = [r for r in reference.rows if r.frame == frame]
+        got = [r for r in other.rows if r.frame == frame]
+        if not got:
+            ious += [0.0] * len(ref)
+            same += [False] * len(ref)
+            continue
+        overlap = tracking.iou_matrix([r.box for r in ref], [r.box for r in got])
+        ious += list(overlap.max(axis=1))
+        same += [r.label == got[j].label for r, j in zip(ref, overlap.argmax(axis=1))]
+    return float(np.mean(ious)), float(np.mean(same))
+
+
+def _tracking_rows(work, detector):
+    """Per-frame detection vs the default detect-every-k with optical flow, shipped model."""
+    from fer_tf import faces, inference, predict, video
+
+    path = video.write_camera_pan(faces.read_image_rgb(FLAGS.multi_face_photo),
+                                  os.path.join(work, "pan.mp4"), FLAGS.pan_frames)
+    predictor = predict.FacePredictor(inference.load_classifier(None, batch_size=FLAGS.batch),
+                                      detector)
+    predict.predict_video(predictor, path, FLAGS.batch, progress=False, detect_every=1)  # warm-up
+    results, rates = {}, {}
+    for every in (1, predict.DEFAULT_DETECT_EVERY):
+        start = time.perf_counter()
+        results[every] = predict.predict_video(predictor, path, FLAGS.batch, progress=False,
+                                               detect_every=every)
+        rates[every] = results[every].num_frames / (time.perf_counter() - start)
+    default = predict.DEFAULT_DETECT_EVERY
+    iou, same = _agreement(results[1], results[default])
+    print(f"\nshipped model, {FLAGS.pan_frames}-frame camera pan over "
+          f"{os.path.basename(FLAGS.multi_face_photo)} (640x360)")
+    print(f"{'video path':<34}{'frames/s':>10}{'detector runs':>15}{'tracks':>8}")
+    for every, result in results.items():
+        name = "detect every frame" if every == 1 else f"detect every {every} + flow"
+        print(f"{name:<34}{rates[every]:>10.1f}{result.detections:>15}"
+              f"{len({r.track_id for r in result.rows}):>8}")
+    print(f"boxes against per-frame detection: mean IoU {iou:.3f}, same label {same:.3f}")
+    print(f"ratio: detect every {default} / every frame, end-to-end frames/s = "
+          f"{rates[default] / rates[1]:.2f}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import tqdm
 from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
-from fer_tf import atomic, cli, inference, pretrained, submission, temporal, tracking
+from fer_tf import atomic, cli, inference, plots, pretrained, submission, temporal, tracking
 from fer_tf import video as video_lib
 from fer_tf import model as model_lib
 from fer_tf.data import pipeline
@@ -88,6 +88,7 @@ class FaceRow:
     probabilities: np.ndarray
     smoothed_label: Optional[int] = None
     track_id: Optional[int] = None  # videos: the same person across frames
+    smoothed_probabilities: Optional[np.ndarray] = None  # videos: along the track
     box_source: str = "detected"  # videos: "detected" or "tracked" (moved by optical flow)
 
     @property
@@ -265,9 +266,10 @@ def _smooth_tracks(rows, num_frames: int, window: int, num_classes: int):
         sequence = np.full((frames.max() - first + 1, num_classes), np.nan, np.float32)
         sequence[frames - first] = [rows[i].probabilities for i in indices]
         present = ~np.isnan(sequence[:, 0])
-        labels = np.argmax(temporal.smooth_video_predictions(sequence, present, window), axis=1)
+        smoothed = temporal.smooth_video_predictions(sequence, present, window)
         for i, frame in zip(indices, frames):
-            rows[i].smoothed_label = int(labels[frame - first])
+            rows[i].smoothed_probabilities = smoothed[frame - first].astype(np.float32)
+            rows[i].smoothed_label = int(np.argmax(smoothed[frame - first]))
     main = _main_track(rows)
     sequence = np.full((num_frames, num_classes), np.nan, np.float32)
     for i in by_track.get(main, []):
@@ -352,6 +354,46 @@ def write_annotated_video(path, video_path, prediction: VideoPrediction, class_n
     return writer.close()
 
 
+def plot_paths(output, images, videos) -> dict:
+    """Where the pictures go beside the CSV ``output``: a timeline per video
+    (``<csv stem>.<video stem>.timeline.png``) and, for images, the label counts
+    (``<csv stem>.labels.png``); keyed by video path, and "images"."""
+    base = pathlib.Path(output)
+    stem = base.parent / base.stem
+    paths = {os.fspath(v): pathlib.Path(f"{stem}.{pathlib.Path(v).stem}.timeline.png")
+             for v in videos}
+    if images:
+        paths["images"] = pathlib.Path(f"{stem}.labels.png")
+    return paths
+
+
+def _video_timeline(result: VideoPrediction, names, title) -> bytes:
+    tracks = {}
+    for row in result.rows:
+        times, probs, labels = tracks.setdefault(row.track_id, ([], [], []))
+        times.append(row.timestamp)
+        probs.append(row.smoothed_probabilities)
+        labels.append(row.smoothed_label)
+    return plots.timeline_png({t: (a, np.stack(b), c) for t, (a, b, c) in tracks.items()},
+                              names, title)
+
+
+def write_plots(paths: dict, image_rows, results: dict, names) -> list:
+    """Writes the timelines of `plot_paths` (atomically) and returns the files written."""
+    written = []
+    for key, path in paths.items():
+        if key == "images":
+            counts = np.bincount([r.label for r in image_rows], minlength=len(names))
+            data = plots.label_counts_png(counts, names, f"{len(image_rows)} faces in "
+                                          f"{len({r.source for r in image_rows})} images")
+        elif key in results and results[key].rows:
+            data = _video_timeline(results[key], names, os.path.basename(key))
+        else:
+            continue  # a video without a face (or unreadable) has no timeline
+        written.append(atomic.write_bytes(path, data))
+    return written
+
+
 def list_inputs(input_path):
     """(images, videos) under a file or folder (recursive, sorted by path).
 
@@ -381,7 +423,7 @@ def list_inputs(input_path):
 
 
 def _check_outputs(model, input_path, images, videos, output, annotated_video,
-                   abaw_submission_dir, overwrite):
+                   abaw_submission_dir, overwrite, plots_to):
     """Refuses, before any work, outputs that would destroy an input, the model or a file."""
     protected = [input_path, *images, *videos]
     try:
@@ -393,6 +435,8 @@ def _check_outputs(model, input_path, images, videos, output, annotated_video,
         atomic.check_output(output, protected, overwrite, "--output")
     if annotated_video:
         atomic.check_output(annotated_video, protected, overwrite, "--annotated_video")
+    for path in plots_to.values():
+        atomic.check_output(path, protected, overwrite, "--plots")
     if abaw_submission_dir:
         for path in videos:
             atomic.check_output(pathlib.Path(abaw_submission_dir) / f"{path.stem}.txt", protected,
@@ -440,7 +484,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
             margin: Optional[float] = None, min_face_size: int = 20, progress: bool = True,
             classifier=None, detector=None, flip_average: bool = False,
             overwrite: bool = False, detect_every: int = DEFAULT_DETECT_EVERY,
-            track_gap: int = DEFAULT_TRACK_GAP) -> dict:
+            track_gap: int = DEFAULT_TRACK_GAP, plots: bool = True) -> dict:
     """Runs prediction on an image, a video or a folder and writes the requested outputs.
 
     Args:
@@ -464,6 +508,8 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
       detect_every: videos: run the detector every this many frames, optical flow
         moves the boxes in between (1: detect every frame).
       track_gap: videos: frames a face may go unseen and keep its track id.
+      plots: with ``output``, also write a timeline PNG per video and a label-count
+        chart of the images beside it (`plot_paths`).
 
     Returns:
       dict(rows, num_images, num_videos, num_faces, failed (list of (path, reason)),
@@ -485,8 +531,9 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     single = os.path.isfile(input_path)
     if annotated_video and not (single and videos):
         raise ValueError(f"--annotated_video needs a single video as input, got {input_path}")
+    plots_to = plot_paths(output, images, videos) if output and plots else {}
     _check_outputs(model if classifier is None else classifier.path, input_path, images, videos,
-                   output, annotated_video, abaw_submission_dir, overwrite)
+                   output, annotated_video, abaw_submission_dir, overwrite, plots_to)
     if classifier is None:
         logging.info("fer_tf.predict: model %s", pretrained.describe(model))
         classifier = inference.load_classifier(model, batch_size=batch_size,
@@ -497,6 +544,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     names = classifier.class_names
 
     rows, failed = predict_images(predictor, images, batch_size, skip_errors=not single)
+    image_rows = list(rows)
     images_read = len(images) - len(failed)
     seen = {row.source for row in rows} | {path for path, _ in failed}
     without_face = [os.fspath(p) for p in images if os.fspath(p) not in seen]
@@ -517,6 +565,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     _warn_skipped(without_face if faces == "detect" else [], failed, len(images) + len(videos))
     if output:
         outputs.append(atomic.write_text(output, rows_to_csv(rows, names)))
+    outputs += write_plots(plots_to, image_rows, results, names)
     return {
         "rows": rows,
         "class_names": names,
@@ -557,6 +606,9 @@ def define_flags():
                          "between (re-detecting where a face is lost); 1 = every frame.")
     flags.DEFINE_integer("track_gap", DEFAULT_TRACK_GAP, "Videos: frames a face may go "
                          "unseen and keep its track_id.")
+    flags.DEFINE_bool("plots", True, "With --output: a timeline PNG per video (smoothed "
+                      "probabilities and labels per track) and a label-count chart of the "
+                      "images, beside the CSV.")
     flags.mark_flags_as_required(["input"])
 
 
@@ -567,7 +619,8 @@ def main(argv):
                       FLAGS.smooth_window, FLAGS.abaw_submission_dir, FLAGS.annotated_video,
                       FLAGS.batch_size, FLAGS.margin, FLAGS.min_face_size,
                       flip_average=FLAGS.flip_average, overwrite=FLAGS.overwrite,
-                      detect_every=FLAGS.detect_every, track_gap=FLAGS.track_gap)
+                      detect_every=FLAGS.detect_every, track_gap=FLAGS.track_gap,
+                      plots=FLAGS.plots)
     if not FLAGS.output:
         sys.stdout.write(rows_to_csv(summary["rows"], summary["class_names"]))
     logging.info("%d images, %d videos, %d faces, %d inputs without a face, %d inputs skipped; "

@@ -242,3 +242,20 @@ def write_annotated_video(
     if writer is None:
         raise ValueError(f"no frames to write to {path}")
     return writer.close()
+
+
+def write_camera_pan(photo_rgb: np.ndarray, path, frames: int, width: int = 640,
+                     height: int = 360, fps: float = 25.0) -> pathlib.Path:
+    """Writes a video of a slow pan and zoom over a photo: a moving camera over real
+    faces, for the tracking tests and the prediction benchmark (mp4v)."""
+    h0, w0 = photo_rgb.shape[:2]
+    with AnnotatedVideoWriter(path, fps, width, height) as writer:
+        for t in range(frames):
+            zoom = 1.0 + 0.15 * np.sin(t / 12)
+            cx, cy = w0 / 2 + 0.1 * w0 * np.sin(t / 9), h0 / 2
+            crop_w = w0 / zoom
+            crop_h = crop_w * height / width
+            matrix = np.float32([[width / crop_w, 0, -(cx - crop_w / 2) * width / crop_w],
+                                 [0, height / crop_h, -(cy - crop_h / 2) * height / crop_h]])
+            writer.write(cv2.warpAffine(photo_rgb, matrix, (width, height)))
+    return pathlib.Path(path)

@@ -137,6 +137,27 @@ def test_video_rows_timestamps_abaw_file_and_annotation(classifier, detector, fa
     assert result.num_frames == len(has_face) and result.frames_with_face == len(face_frames)
     from fer_tf import video  # pylint: disable=import-outside-toplevel
     assert video.count_frames(annotated) == len(has_face)
+    # One person: one track through the gaps (shorter than --track_gap).
+    assert {r["track_id"] for r in rows} == {"0"}
+    assert {r["box_source"] for r in rows} <= {"detected", "tracked"}
+    timeline = cv2.imread(str(tmp_path / "clip.clip.timeline.png"))
+    assert timeline is not None and timeline.shape[1] == 1000  # 10 inches at 100 dpi
+    assert str(tmp_path / "clip.clip.timeline.png") in summary["outputs"]
+
+
+def test_plots_off_and_label_counts(classifier, detector, faces_dir, tmp_path):
+    predict.predict(None, faces_dir / "fer_justin.jpg", output=tmp_path / "a.csv",
+                    classifier=classifier, detector=detector, plots=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv"]
+    summary = predict.predict(None, faces_dir, output=tmp_path / "b.csv", classifier=classifier,
+                              detector=detector)
+    chart = cv2.imread(str(tmp_path / "b.labels.png"))
+    assert chart is not None and str(tmp_path / "b.labels.png") in summary["outputs"]
+    (tmp_path / "c.labels.png").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="--plots"):  # an existing chart is kept
+        predict.predict(None, faces_dir, output=tmp_path / "c.csv", classifier=classifier,
+                        detector=detector)
+    assert (tmp_path / "c.labels.png").read_bytes() == b"x" and not (tmp_path / "c.csv").exists()
 
 
 def test_command_line(model_path, faces_dir, tmp_path):

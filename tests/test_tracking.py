@@ -1,11 +1,10 @@
 """Faces followed across frames: IoU matching, track ids, optical-flow boxes, and the
 detect-every-k video path against per-frame detection on a video made from a real photo."""
 
-import cv2
 import numpy as np
 import pytest
 
-from fer_tf import faces, inference, predict, tracking
+from fer_tf import faces, inference, predict, tracking, video
 from fer_tf.faces import Box
 
 FRAMES = 40
@@ -39,18 +38,6 @@ def photo(faces_dir):
     return faces.read_image_rgb(faces_dir / "pyfeat_multi_face.jpg")
 
 
-def _view(photo, t, width=640, height=360):
-    """Frame t of a slow pan and zoom over the photo (a moving camera)."""
-    h0, w0 = photo.shape[:2]
-    zoom = 1.0 + 0.15 * np.sin(t / 12)
-    cx, cy = w0 / 2 + 0.1 * w0 * np.sin(t / 9), h0 / 2
-    crop_w = w0 / zoom
-    crop_h = crop_w * height / width
-    matrix = np.float32([[width / crop_w, 0, -(cx - crop_w / 2) * width / crop_w],
-                         [0, height / crop_h, -(cy - crop_h / 2) * height / crop_h]])
-    return cv2.warpAffine(photo, matrix, (width, height))
-
-
 def test_flow_moves_a_box_with_the_image(photo):
     """A shift of the image by (7, -4) pixels moves the box by the same amount, within
     1 pixel; an unstructured frame loses it."""
@@ -66,12 +53,7 @@ def test_flow_moves_a_box_with_the_image(photo):
 
 @pytest.fixture(scope="module")
 def pan_video(photo, tmp_path_factory):
-    path = tmp_path_factory.mktemp("video") / "pan.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (640, 360))
-    for t in range(FRAMES):
-        writer.write(cv2.cvtColor(_view(photo, t), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path
+    return video.write_camera_pan(photo, tmp_path_factory.mktemp("video") / "pan.mp4", FRAMES)
 
 
 @pytest.fixture(scope="module")
