@@ -5,28 +5,33 @@
         [--smooth_window=K] [--abaw_submission_dir=DIR] [--annotated_video=OUT.mp4] \\
         [--batch_size=32]
 
-Every face of every frame is found with MTCNN (`fer_tf.faces.FaceDetector`; weights
-ship in the mtcnn wheel, nothing is downloaded), cropped square with the training
-crops' margin, and classified in batches. ``--faces=none`` treats each image/frame
-as one face crop (e.g. Aff-Wild2's cropped_aligned images).
+Faces are found with MTCNN (`fer_tf.faces.FaceDetector`; weights ship in the mtcnn
+wheel, nothing is downloaded), cropped square with the training crops' margin, and
+classified in batches. In videos the detector runs every ``--detect_every`` frames
+(default 5) and optical flow moves the boxes in between (`fer_tf.tracking`); a lost
+face, or a frame with no face to follow, is detected at once. ``--faces=none``
+treats each image/frame as one face crop (e.g. Aff-Wild2's cropped_aligned images).
 
-Output CSV (`CSV_COLUMNS`), one row per face per frame (photos are frame 0, time 0):
-``source, frame, timestamp_s, face, x, y, w, h, detection_score, p_Neutral ..
-p_Surprise, label, smoothed_label``. ``face`` numbers the faces of a frame in reading
-order; the box is the detector's (before the crop margin); ``label`` is the argmax
-class name. ``smoothed_label`` (videos only) is set on the largest face of each frame:
-the label of the largest-face track after frames without a face are filled from
-their neighbours and probabilities are averaged over ``--smooth_window`` frames (with
-the default window 1 it equals ``label``). Frames without a face have no row.
+Output CSV (`csv_columns`), one row per face per frame (photos are frame 0, time 0):
+``source, frame, timestamp_s, face, track_id, x, y, w, h, detection_score, box_source,
+p_Neutral .. p_Surprise, label, smoothed_label``. ``face`` numbers the faces of a frame;
+``track_id`` (videos) follows one person across frames (IoU matching; a face unseen for
+more than ``--track_gap`` frames starts a new track); ``box_source`` says whether the
+detector found the box or the flow moved it (``detection_score`` is then that of the
+detection it came from); ``label`` is the argmax class name; ``smoothed_label`` (videos)
+is the label along the face's own track after gaps are filled from neighbours and
+probabilities averaged over ``--smooth_window`` frames (window 1: equals ``label``).
+Frames without a face have no row. With ``--output``, a timeline PNG per video and a
+label-count chart of the images are written beside the CSV (`plot_paths`).
 
 Videos are decoded as a stream (`fer_tf.video.iter_video_frames`), so memory does not
-grow with the video's length (only the small per-frame probabilities are kept).
+grow with the video's length (only the small per-face rows are kept).
 ``--abaw_submission_dir`` writes ``<video name>.txt`` per video in the ABAW test
-format: the header and one label per decoded frame, frames without a face filled
-from their neighbours, from the largest face of each frame (ABAW scores one subject
-per file; split two-person videos into _left/_right crops to score both).
+format: the header and one label per decoded frame from the main track (the longest;
+the log names it), frames without it filled from their neighbours (ABAW scores one
+subject per file; split two-person videos into _left/_right crops to score both).
 ``--annotated_video`` re-reads the (single) input video and draws every box with its
-label (the smoothed one on the largest face).
+track id and label.
 
 Bad input: a single unreadable image or video raises an error naming it; in a
 folder, unreadable files are logged, counted and skipped. Frames without a face are
