@@ -1,5 +1,8 @@
 """TFDS builders: offline build from generated trees, load, same examples as the readers."""
 
+import logging
+import sys
+
 import numpy as np
 import pytest
 
@@ -129,3 +132,20 @@ def test_prepare_accepts_tfds_manual_dir_inside_data_dir(tmp_path):
     with pytest.raises(ValueError, match="would mix outputs with the input"):
         prepare.prepare("affwild2", tmp_path, tmp_path / "records")
 
+
+def test_beam_runner_without_apache_beam_builds_in_process(tmp_path, caplog, monkeypatch):
+    # None in sys.modules makes `import apache_beam` fail, whether it is installed or not.
+    from fer_tf.data import prepare  # pylint: disable=import-outside-toplevel
+    monkeypatch.setitem(sys.modules, "apache_beam", None)
+    root = dataset_trees.write_affwild2_2020(tmp_path / "manual")
+    with caplog.at_level(logging.INFO, logger="absl"):
+        counts = prepare.prepare("affwild2", root, tmp_path / "asked", beam_runner="DirectRunner",
+                                 beam_options=["--direct_num_workers=1"])
+    assert counts == {"train": 11, "validation": 3}
+    assert [m for m in caplog.messages if "Beam" in m] == [
+        "apache-beam is not installed (pip install 'fer_tf[beam]'): building in this "
+        "process without Beam"]
+    tfds_builders.build("affwild2", root, tmp_path / "plain")
+    shards = sorted((tmp_path / "plain").rglob("*.tfrecord-*"))
+    assert [p.read_bytes() for p in shards] == [
+        (tmp_path / "asked" / p.relative_to(tmp_path / "plain")).read_bytes() for p in shards]
