@@ -16,7 +16,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
 
 from fer_tf import classes
@@ -83,7 +82,7 @@ def load_split(dataset: str, data_dir, split: str, keep_other: bool = False) -> 
         raise ValueError(f"{dataset!r} is not a records dataset (expected {PREFIX}<name>)")
     name = dataset.strip()[len(PREFIX):].lower()
     records = tfds_builders.load(name, data_dir, split, keep_other=keep_other,
-                                 decoders={"image": tfds.decode.SkipDecoding()})
+                                 encoded_images=True)
     labels, videos, frames = _metadata(records)
     names = classes.CLASS_NAMES + ((classes.OTHER_CLASS_NAME,) if keep_other else ())
     return RecordSplit(f"{dataset}/{split}", records, labels, videos, frames, names)

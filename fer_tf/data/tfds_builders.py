@@ -6,9 +6,14 @@ TFRecord shards under ``data_dir``. Examples are ``{"image": JPEG (decoded to ui
 RGB), "label": int64 ABAW index, "video": str, "frame": int64}``; the Aff-Wild2 crop
 bytes are stored as they are (no re-encoding), ExpW crops are cut from the photos and
 JPEG-encoded once. The readers in ``affwild2``/``expw`` enumerate the examples, so the
-records hold exactly what the readers return.
+records hold exactly what the readers return, in the readers' order.
+
+Given a Beam runner or Beam options in its ``DownloadConfig``, TFDS builds through an
+Apache Beam pipeline (optional ``beam`` extra): the same per-example functions then run
+on the Beam workers, and the records come out identical.
 """
 
+import collections
 import dataclasses
 import os
 from typing import Optional
@@ -60,12 +65,52 @@ class Affwild2Config(tfds.core.BuilderConfig):
     keep_other: bool = False
 
 
-class Affwild2Expression(tfds.core.GeneratorBasedBuilder):
+# Both builders pass disable_shuffling=True: records in the order _generate_examples
+# gives (TFDS would otherwise shuffle by a hash of the key), so training over the records
+# sees the file-list readers' order. TFDS then sorts by key, so keys are the position.
+_IN_READER_ORDER = ("Records in the readers' order (disable_shuffling), keyed by position; "
+                    "can be built through Apache Beam.")
+
+
+class _BeamWhenAsked(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Builds through Beam when the DownloadConfig names a Beam runner or options.
+
+    TFDS itself builds a split through Beam when ``_generate_examples`` returns a
+    ``beam.PTransform`` rather than a generator, so the builder must know which to
+    return; it learns it from the same DownloadConfig that TFDS hands to beam.Pipeline.
+    """
+
+    _beam = False
+
+    def download_and_prepare(self, *, download_config=None, **kwargs):  # pylint: disable=arguments-differ
+        self._beam = bool(download_config and (download_config.beam_runner is not None
+                                               or download_config.beam_options is not None))
+        return super().download_and_prepare(download_config=download_config, **kwargs)
+
+    def _examples(self, items, to_examples, **kwargs):
+        """``to_examples(item, **kwargs)`` -> (key, example) pairs, for every item: a Beam
+        transform under Beam (the workers call to_examples), else a generator."""
+        if self._beam:
+            beam = tfds.core.lazy_imports.apache_beam
+            return beam.Create(items) | beam.FlatMap(to_examples, **kwargs)
+        return (pair for item in items for pair in to_examples(item, **kwargs))
+
+
+def _affwild2_example(item):
+    """(position, (crop path, label, video, frame)) -> [(position, example)]."""
+    position, (path, label, video, frame) = item
+    with open(path, "rb") as f:
+        data = f.read()
+    return [(position, {"image": data, "label": label, "video": video, "frame": frame})]
+
+
+class Affwild2Expression(_BeamWhenAsked):
     """Aff-Wild2 expression frames (label >= 0 and a crop), train and validation."""
 
     name = "affwild2_expression"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Frames with a label and a cropped-aligned face."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Frames with a label and a cropped-aligned face.",
+                     "1.1.0": _IN_READER_ORDER}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _AFFWILD2_INSTRUCTIONS
     BUILDER_CONFIGS = [
         Affwild2Config(name="expr7", description="7 ABAW classes; Other dropped."),
@@ -90,14 +135,10 @@ class Affwild2Expression(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, root, split):
-        images, report = affwild2.read_affwild2_with_report(
+        images, _ = affwild2.read_affwild2_with_report(
             root, split, keep_other=self.builder_config.keep_other)
-        logging.info("affwild2_expression %s: %s", split, report.summary())
-        for path, label, video, frame in zip(images.paths, images.labels, images.videos, images.frames):
-            with open(path, "rb") as f:
-                data = f.read()
-            yield f"{video}/{int(frame):06d}", {
-                "image": data, "label": int(label), "video": video, "frame": int(frame)}
+        rows = zip(images.paths, images.labels.tolist(), images.videos, images.frames.tolist())
+        return self._examples(list(enumerate(rows)), _affwild2_example)
 
 
 @dataclasses.dataclass(eq=False)
@@ -118,12 +159,48 @@ def expw_config(margin: float = 0.0, min_confidence: Optional[float] = None):
                       version=Expw.VERSION)
 
 
-class Expw(tfds.core.GeneratorBasedBuilder):
+def _expw_examples(item, margin, count):
+    """(photo path, [(position, face)]) -> [(position, example)] of its non-empty crops.
+
+    The photo is decoded once for all its faces; ``count(name)`` tallies the dropped
+    faces ("missing_photo": absent or undecodable, "empty_box": outside the photo).
+    """
+    path, faces = item
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) \
+        if os.path.isfile(path) else None  # cv2.imread would print a warning per missing photo
+    if image is None:
+        for _ in faces:
+            count("missing_photo")
+        return []
+    pairs = []
+    for position, face in faces:
+        crop = expw.crop_face(image, face, margin)
+        if crop.size == 0:
+            count("empty_box")
+            continue
+        ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, expw.JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode the crop of {face} from {path}")
+        pairs.append((position, {"image": encoded.tobytes(),
+                                 "label": classes.EXPW_TO_ABAW[face.label],
+                                 "video": "", "frame": -1}))
+    return pairs
+
+
+def _logged_at_end(pairs, counts):
+    """The pairs, then one line of what was dropped (once the generator is exhausted)."""
+    yield from pairs
+    logging.info("expw: dropped %d faces of missing photos, %d empty boxes",
+                 counts["missing_photo"], counts["empty_box"])
+
+
+class Expw(_BeamWhenAsked):
     """ExpW faces cropped from label.lst boxes; one 'train' split (ExpW has no others)."""
 
     name = "expw"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Crops of deduplicated label.lst boxes, labels in ABAW order."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Crops of deduplicated label.lst boxes, labels in ABAW order.",
+                     "1.1.0": _IN_READER_ORDER}
     MANUAL_DOWNLOAD_INSTRUCTIONS = _EXPW_INSTRUCTIONS
     BUILDER_CONFIGS = [
         ExpwConfig(name="margin_0", description="Raw boxes img[top:bottom, left:right]."),
@@ -148,32 +225,20 @@ class Expw(tfds.core.GeneratorBasedBuilder):
         image_dir = expw.find_image_dir(root)
         if config.min_confidence is not None:
             faces = [f for f in faces if f.confidence >= config.min_confidence]
-        by_photo = {}
-        for index, face in enumerate(faces):
-            by_photo.setdefault(face.image, []).append((index, face))
-        missing = empty = kept = 0
-        for photo, photo_faces in by_photo.items():
-            path = os.path.join(image_dir, photo)
-            image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) \
-                if os.path.isfile(path) else None
-            if image is None:
-                missing += len(photo_faces)
-                continue
-            for index, face in photo_faces:
-                crop = expw.crop_face(image, face, config.margin)
-                if crop.size == 0:
-                    empty += 1
-                    continue
-                ok, encoded = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, expw.JPEG_QUALITY])
-                if not ok:
-                    raise RuntimeError(f"OpenCV could not encode the crop of {face} from {path}")
-                kept += 1
-                yield f"{index:07d}", {
-                    "image": encoded.tobytes(), "label": classes.EXPW_TO_ABAW[face.label],
-                    "video": "", "frame": -1}
-        logging.info(
-            "expw: %d faces from %d lines; dropped %d duplicates, %d faces of missing photos, "
-            "%d empty boxes", kept, lines, duplicates, missing, empty)
+        # One item per photo; positions in label.lst order, which is the reader's order.
+        by_photo = collections.OrderedDict()
+        for position, face in enumerate(faces):
+            by_photo.setdefault(os.path.join(image_dir, face.image), []).append((position, face))
+        logging.info("expw: %d faces in %d photos from %d lines (%d duplicates dropped)",
+                     len(faces), len(by_photo), lines, duplicates)
+        items = list(by_photo.items())
+        if self._beam:  # the drops show as Beam counters (namespace tfds) on the runner
+            return self._examples(items, _expw_examples, margin=config.margin,
+                                  count=tfds.beam.inc_counter)
+        counts = collections.Counter()
+        pairs = self._examples(items, _expw_examples, margin=config.margin,
+                               count=lambda name: counts.update((name,)))
+        return _logged_at_end(pairs, counts)
 
 
 BUILDERS = {"affwild2": Affwild2Expression, "expw": Expw}
@@ -194,13 +259,50 @@ def make_builder(dataset: str, data_dir, keep_other: bool = False, margin: float
     raise ValueError(f"no TFDS builder for {dataset!r}; expected one of {sorted(BUILDERS)}")
 
 
-def build(dataset: str, manual_dir, data_dir, **options) -> tfds.core.DatasetBuilder:
+def import_beam():
+    """``apache_beam``, or None when the optional ``beam`` extra is not installed."""
+    try:
+        import apache_beam  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        return None
+    return apache_beam
+
+
+def beam_download_config(beam_runner: Optional[str] = None, beam_options=()) -> dict:
+    """The DownloadConfig arguments that make TFDS build through Beam.
+
+    Args:
+      beam_runner: a Beam runner name ("DirectRunner", "DataflowRunner", ...), or None.
+      beam_options: Beam pipeline arguments, e.g. ["--runner=FlinkRunner", ...].
+
+    Returns:
+      {} for a plain build (neither given, or apache-beam not installed: then one line
+      is logged), else {"beam_runner": ..., "beam_options": PipelineOptions}.
+    """
+    beam_options = list(beam_options)
+    if beam_runner is None and not beam_options:
+        return {}
+    beam = import_beam()
+    if beam is None:
+        logging.warning("apache-beam is not installed (pip install 'fer_tf[beam]'): "
+                        "building in this process without Beam")
+        return {}
+    logging.info("Building through Apache Beam %s (runner %s, options %s)",
+                 beam.__version__, beam_runner or "from the options", beam_options)
+    return {"beam_runner": beam_runner,
+            "beam_options": beam.options.pipeline_options.PipelineOptions(beam_options)}
+
+
+def build(dataset: str, manual_dir, data_dir, beam_runner: Optional[str] = None,
+          beam_options=(), **options) -> tfds.core.DatasetBuilder:
     """Builds the TFRecord shards offline from the user's unpacked folders.
 
     Args:
       dataset: "affwild2" or "expw".
       manual_dir: the unpacked dataset (see MANUAL_DOWNLOAD_INSTRUCTIONS).
       data_dir: where TFDS writes ``<name>/<config>/<version>/``.
+      beam_runner, beam_options: build through Apache Beam (see
+        :func:`beam_download_config`); by default, in this process.
       **options: keep_other (affwild2); margin, min_confidence (expw).
 
     Returns:
@@ -214,21 +316,23 @@ def build(dataset: str, manual_dir, data_dir, **options) -> tfds.core.DatasetBui
                                 + BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS)
     builder = make_builder(dataset, data_dir, **options)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.fspath(manual_dir), try_download_gcs=False))
+        manual_dir=os.fspath(manual_dir), try_download_gcs=False,
+        **beam_download_config(beam_runner, beam_options)))
     return builder
 
 
-def load(dataset: str, data_dir, split: str, decoders=None, **options) -> tf.data.Dataset:
-    """Reads built records: a dataset of {"image": uint8 [H,W,3], "label": int64,
-    "video": string, "frame": int64}.
+def load(dataset: str, data_dir, split: str, encoded_images: bool = False,
+         **options) -> tf.data.Dataset:
+    """Reads built records, in the readers' order: a dataset of {"image": uint8 [H,W,3],
+    "label": int64, "video": string, "frame": int64}.
 
     Args:
       dataset: "affwild2", "expw", or "affwild2+expw" (the parts concatenated in order;
         options go to the part they apply to).
       data_dir: the TFDS data_dir given to prepare.
       split: "train" or "validation" (ExpW has "train" only).
-      decoders: TFDS decoders, e.g. ``{"image": tfds.decode.SkipDecoding()}`` for the
-        encoded bytes.
+      encoded_images: "image" as the stored JPEG bytes (string), for a pipeline that
+        decodes them itself (pipeline.make_dataset_from_records).
       **options: keep_other (affwild2); margin, min_confidence (expw): select the
         built config.
 
@@ -245,6 +349,7 @@ def load(dataset: str, data_dir, split: str, decoders=None, **options) -> tf.dat
                 f"{builder.name}/{builder.builder_config.name} is not built in "
                 f"{os.fspath(data_dir)!r}; run: python -m fer_tf.data.prepare --dataset={name} "
                 f"--manual_dir=<unpacked {name}> --data_dir={os.fspath(data_dir)}")
+        decoders = {"image": tfds.decode.SkipDecoding()} if encoded_images else None
         part = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
         result = part if result is None else result.concatenate(part)
     return result

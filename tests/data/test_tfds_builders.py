@@ -1,5 +1,8 @@
 """TFDS builders: offline build from generated trees, load, same examples as the readers."""
 
+import logging
+import sys
+
 import numpy as np
 import pytest
 
@@ -8,8 +11,14 @@ from fer_tf.data import affwild2, expw, tfds_builders
 
 
 def _records(dataset):
-    return [{k: (v.decode() if isinstance(v, bytes) else v) for k, v in ex.items()}
-            for ex in dataset.as_numpy_iterator()]
+    """As Python values; text decoded, encoded images left as bytes."""
+    return [{k: (v.decode() if isinstance(v, bytes) and k != "image" else v)
+             for k, v in ex.items()} for ex in dataset.as_numpy_iterator()]
+
+
+def _file_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def test_affwild2_build_and_load_match_reader(tmp_path):
@@ -29,6 +38,30 @@ def test_affwild2_build_and_load_match_reader(tmp_path):
             # flat 8x8 block decodes exactly (tolerance 1 grey level).
             assert r["image"].shape == (8, 8, 3) and r["image"].dtype == np.uint8
             assert np.abs(r["image"].astype(int) - (r["frame"] + 1)).max() <= 1
+
+
+def test_affwild2_records_in_reader_order(tmp_path):
+    # disable_shuffling: position i of the records is position i of the reader (no sort).
+    root = dataset_trees.write_affwild2_2020(tmp_path / "manual")
+    out = tmp_path / "tfds"
+    tfds_builders.build("affwild2", root, out)
+    for split in ("train", "validation"):
+        reader = affwild2.read_affwild2(root, split)
+        records = _records(tfds_builders.load("affwild2", out, split, encoded_images=True))
+        assert [(r["video"], r["frame"], r["label"]) for r in records] == list(
+            zip(reader.videos, reader.frames.tolist(), reader.labels.tolist()))
+        assert [r["image"] for r in records] == [_file_bytes(p) for p in reader.paths]
+
+
+def test_expw_records_in_reader_order(tmp_path):
+    root = dataset_trees.write_expw(tmp_path / "manual")
+    out = tmp_path / "tfds"
+    tfds_builders.build("expw", root, out)
+    reader = expw.read_expw(root, tmp_path / "cache")
+    records = _records(tfds_builders.load("expw", out, "train", encoded_images=True))
+    assert [r["label"] for r in records] == reader.labels.tolist()
+    # The reader's cached crops are encoded like the records (same OpenCV call).
+    assert [r["image"] for r in records] == [_file_bytes(p) for p in reader.paths]
 
 
 def test_affwild2_other_config(tmp_path):
@@ -75,7 +108,7 @@ def test_prepare_command_line(tmp_path):
         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train=11" in proc.stdout and "validation=3" in proc.stdout
-    assert (tmp_path / "tfds" / "affwild2_expression" / "expr7" / "1.0.0").is_dir()
+    assert (tmp_path / "tfds" / "affwild2_expression" / "expr7" / "1.1.0").is_dir()
 
 
 def test_load_merge_concatenates(tmp_path):
@@ -98,3 +131,21 @@ def test_prepare_accepts_tfds_manual_dir_inside_data_dir(tmp_path):
         prepare.prepare("affwild2", manual, tmp_path / "tfds")
     with pytest.raises(ValueError, match="would mix outputs with the input"):
         prepare.prepare("affwild2", tmp_path, tmp_path / "records")
+
+
+def test_beam_runner_without_apache_beam_builds_in_process(tmp_path, caplog, monkeypatch):
+    # None in sys.modules makes `import apache_beam` fail, whether it is installed or not.
+    from fer_tf.data import prepare  # pylint: disable=import-outside-toplevel
+    monkeypatch.setitem(sys.modules, "apache_beam", None)
+    root = dataset_trees.write_affwild2_2020(tmp_path / "manual")
+    with caplog.at_level(logging.INFO, logger="absl"):
+        counts = prepare.prepare("affwild2", root, tmp_path / "asked", beam_runner="DirectRunner",
+                                 beam_options=["--direct_num_workers=1"])
+    assert counts == {"train": 11, "validation": 3}
+    assert [m for m in caplog.messages if "Beam" in m] == [
+        "apache-beam is not installed (pip install 'fer_tf[beam]'): building in this "
+        "process without Beam"]
+    tfds_builders.build("affwild2", root, tmp_path / "plain")
+    shards = sorted((tmp_path / "plain").rglob("*.tfrecord-*"))
+    assert [p.read_bytes() for p in shards] == [
+        (tmp_path / "asked" / p.relative_to(tmp_path / "plain")).read_bytes() for p in shards]
