@@ -30,7 +30,7 @@ from fer_tf import atomic, optim
 from fer_tf import model as model_lib
 from fer_tf import validation as validation_lib
 from fer_tf.classes import CLASS_NAMES
-from fer_tf.data import demo, examples, pipeline, sources
+from fer_tf.data import demo, examples, pipeline, service_input, sources
 from fer_tf.train_config import TrainConfig, resolve_class_weights
 from fer_tf.train_step import make_train_step
 
@@ -454,12 +454,14 @@ def make_loop_data(config: TrainConfig) -> LoopData:
         logging.info("decoded %d training and %d validation images into memory (%.0fs)",
                      len(train_source), len(val_source), time.time() - start)
 
+    serve = service_input.served_input(config.data_service)  # None: decode here
+
     def train_epoch(epoch, skip):
         # A different, reproducible order in each epoch.
         return pipeline.make_dataset(
             train_source, config.batch_size, image_size=config.image_size, shuffle=True,
             seed=config.seed * 100_003 + epoch, repeat=False, class_weights=weights,
-            drop_remainder=True, skip_batches=skip)
+            drop_remainder=True, skip_batches=skip, serve=serve)
 
     def validation():
         return pipeline.make_dataset(
