@@ -102,6 +102,7 @@ def test_one_worker_gives_the_local_batches_in_order(folder, one_worker):
             local.train_epoch(epoch, skip)), (epoch, skip)
 
 
+@pytest.mark.slow
 def test_training_and_resume_through_one_worker_equal_local(folder, one_worker, tmp_path):
     """6 updates of the tiny model locally == through the service == 3 through the service,
     then a new run resuming to 6 (across the epoch end: 5 batches per epoch). Tolerance:
@@ -139,6 +140,7 @@ def test_two_workers_give_the_same_multiset_and_say_when_order_differs(folder, t
         assert warned == (0 if got == want else 1), (epoch, skip, warned)
 
 
+@pytest.mark.slow
 def test_two_workers_train(folder, two_workers, tmp_path):
     """A few updates of the tiny model with two workers run and finish (values approximate)."""
     result = training.train_and_evaluate(_config(folder, two_workers, max_updates=4),
@@ -165,7 +167,7 @@ def test_order_check_warns_on_disorder_and_names_what_never_came(positions, warn
     paths = [f"/x/{c}.png" for c in "abcde"]
     check = service_input._OrderCheck("grpc://test:1", paths)  # pylint: disable=protected-access
     with caplog.at_level(logging.WARNING):
-        out = list(check.apply(_positions_dataset(positions)).as_numpy_iterator())
+        out = list(check.apply(_positions_dataset(positions).batch(2)).as_numpy_iterator())
     assert len(out) == len(positions)
     assert caplog.text.count("delivered examples out of order") == warned
     rejected = [line.split("/")[-1].split(":")[0] for line in caplog.text.splitlines()
@@ -254,6 +256,7 @@ def _stop_all(servers):
     return codes
 
 
+@pytest.mark.slow
 def test_entry_point_serves_this_process_and_stops_on_sigterm(folder):
     """A dispatcher and a worker as programs (port 0: free ports): a served epoch equals the
     local one (also proves the served graph runs in another process), both stop on SIGTERM
