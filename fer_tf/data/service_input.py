@@ -73,10 +73,11 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS):
 
 
 def _materialize(examples: tf.data.Dataset):
-    """The (path, label, weight) stream as numpy arrays (strings only: cheap)."""
+    """The (path, label, weight) stream as numpy arrays (strings only: cheap), or None if
+    it is empty."""
     parts = list(examples.batch(1 << 16).as_numpy_iterator())
     if not parts:
-        return (np.zeros([0], object), np.zeros([0], np.int32), np.zeros([0], np.float32))
+        return None
     return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
 
@@ -177,7 +178,10 @@ class ServedInput:
           batch_size: examples per batch sent back by a worker.
           skip_corrupt: drop (and name) files the decoder rejects instead of failing.
         """
-        paths, labels, weights = _materialize(examples)
+        listed = _materialize(examples)
+        if listed is None:  # resumed after an epoch's last batch: nothing to serve
+            return examples.map(lambda path, label, weight: (decode(path), label, weight))
+        paths, labels, weights = listed
         positions = np.arange(len(paths), dtype=np.int64)
         served = _served(self.address, positions, paths, labels, weights, decode, batch_size,
                          skip_corrupt)

@@ -97,7 +97,7 @@ def test_one_worker_gives_the_local_batches_in_order(folder, one_worker):
     Whole epochs and resumed ones (the skip is applied before serving), two epochs."""
     local = training.make_loop_data(_config(folder))
     served = training.make_loop_data(_config(folder, one_worker))
-    for epoch, skip in ((0, 0), (1, 0), (1, 3)):
+    for epoch, skip in ((0, 0), (1, 0), (1, 3), (1, 5)):  # 5: resumed after the last batch
         assert _examples(served.train_epoch(epoch, skip)) == _examples(
             local.train_epoch(epoch, skip)), (epoch, skip)
 
