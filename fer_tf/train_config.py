@@ -15,6 +15,7 @@ from fer_tf import model as model_lib
 from fer_tf import optim, senet
 from fer_tf.classes import CLASS_NAMES
 from fer_tf.data import class_weights as class_weights_lib
+from fer_tf.data import service_input
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTIONS = ("none", "mirrored")
@@ -114,6 +115,10 @@ class TrainConfig:
     cache_images: bool = _setting(
         False, "Decode the images once into memory (small datasets such as FER2013: about "
         "180 MB at 48x48); same examples and order as reading the files every epoch.")
+    data_service: str = _setting(
+        "", "grpc://HOST:PORT of a tf.data service dispatcher (python -m "
+        "fer_tf.data.service): its workers read and decode the training images; order and "
+        "resume stay exact with one worker, a warning says when not ('' = decode here).")
     max_checkpoints: int = _setting(2, "Periodic checkpoints kept.", flag=False)
     num_classes: int = _setting(7, "Model outputs (the 7 ABAW classes).", flag=False)
 
@@ -177,6 +182,11 @@ def _check_ranges(config: TrainConfig):
                              f"{getattr(config, name)}")
     if config.crop_margin < 0:
         raise ValueError(f"--crop_margin must be >= 0, got {config.crop_margin}")
+    if config.data_service:
+        if config.cache_images:
+            raise ValueError("--cache_images decodes in this process, --data_service on "
+                             "service workers: drop one of them")
+        service_input.parse_address(config.data_service)
     if config.aug_erasing > 1:
         raise ValueError(f"--aug_erasing is a probability, got {config.aug_erasing}")
 

@@ -30,7 +30,7 @@ from fer_tf import atomic, optim
 from fer_tf import model as model_lib
 from fer_tf import validation as validation_lib
 from fer_tf.classes import CLASS_NAMES
-from fer_tf.data import demo, examples, pipeline, records, sources
+from fer_tf.data import demo, examples, pipeline, records, service_input, sources
 from fer_tf.train_config import TrainConfig, resolve_class_weights
 from fer_tf.train_step import make_train_step
 
@@ -434,13 +434,15 @@ def _subset(source, indices):
     return examples.subset(source, indices)
 
 
-def _batches(source, batch_size: int, config: TrainConfig, **options) -> tf.data.Dataset:
-    """One epoch of (images, labels, weights) batches from files, records or memory."""
+def _batches(source, batch_size: int, config: TrainConfig, serve=None,
+             **options) -> tf.data.Dataset:
+    """One epoch of (images, labels, weights) batches from files, records or memory;
+    ``serve``: decode the files on tf.data service workers (`fer_tf.data.service_input`)."""
     if isinstance(source, records.RecordSplit):
         return records.make_dataset(source, batch_size, config.image_size,
                                     shuffle_buffer=config.shuffle_buffer, **options)
     return pipeline.make_dataset(source, batch_size, image_size=config.image_size,
-                                 repeat=False, **options)
+                                 repeat=False, serve=serve, **options)
 
 
 def _decode_into_memory(source, image_size: int) -> pipeline.DecodedImages:
@@ -458,6 +460,9 @@ def make_loop_data(config: TrainConfig) -> LoopData:
     """
     if config.dataset == "demo":
         demo.write_demo_dataset(config.data_dir)
+    if config.data_service and records.is_records(config.dataset):
+        raise ValueError(f"--data_service serves image files; --dataset={config.dataset} "
+                         "reads TFDS records, which this process reads itself")
     train_source = _read_split(config.dataset, config.data_dir, config.train_split)
     val_source = _read_split(config.val_dataset or config.dataset,
                              config.val_data_dir or config.data_dir, config.val_split)
@@ -483,11 +488,13 @@ def make_loop_data(config: TrainConfig) -> LoopData:
         logging.info("decoded %d training and %d validation images into memory (%.0fs)",
                      len(train_source), len(val_source), time.time() - start)
 
+    serve = service_input.served_input(config.data_service)  # None: decode here
+
     def train_epoch(epoch, skip):
         # A different, reproducible order in each epoch.
         return _batches(train_source, config.batch_size, config, shuffle=True,
                         seed=config.seed * 100_003 + epoch, class_weights=weights,
-                        drop_remainder=True, skip_batches=skip)
+                        drop_remainder=True, skip_batches=skip, serve=serve)
 
     def validation():
         return _batches(val_source, config.eval_batch_size, config, shuffle=False,

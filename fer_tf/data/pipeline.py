@@ -273,11 +273,16 @@ def _report_dropped(fresh_stream, first, end, survivor):
                         end - first, first, end - 1)
         return True
     for path in paths[:-1]:
-        if path not in _DECODER_REJECTED:
-            _DECODER_REJECTED.append(path)
-        logging.warning("skipping %s: the image decoder rejected it (%d such file(s) so far)",
-                        path, len(_DECODER_REJECTED))
+        note_decoder_rejected(path)
     return True
+
+
+def note_decoder_rejected(path: str):
+    """Logs and records a file dropped because only the decoder could tell it is bad."""
+    if path not in _DECODER_REJECTED:
+        _DECODER_REJECTED.append(path)
+    logging.warning("skipping %s: the image decoder rejected it (%d such file(s) so far)",
+                    path, len(_DECODER_REJECTED))
 
 
 def _decode_naming_drops(fresh_stream, start, image_size, num_parallel_calls):
@@ -373,7 +378,7 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
                  seed: int = 0, repeat: bool = False, class_weights=None,
                  drop_remainder: bool = False,
                  num_parallel_calls=AUTOTUNE, skip_corrupt: bool = True,
-                 skip_batches: int = 0) -> tf.data.Dataset:
+                 skip_batches: int = 0, serve=None) -> tf.data.Dataset:
     """Batches of (uint8 RGB images, int32 labels, float32 weights) from labelled files.
 
     Args:
@@ -392,9 +397,13 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
       skip_corrupt: pre-check files and drop undecodable ones with a logged count
         (see module docstring); False decodes everything and fails on a bad file.
       skip_batches: batches to skip from the start (resume), before decoding.
+      serve: None (decode here), or who decodes instead: ``serve(examples, decode,
+        batch_size, skip_corrupt)`` gets the ordered, skipped (path, label, weight)
+        stream and returns its decoded (image, label, weight) examples, batched here
+        (`fer_tf.data.service_input.ServedInput`: tf.data service workers).
 
     Returns:
-      A deterministic tf.data.Dataset.
+      A deterministic tf.data.Dataset (with ``serve``: as deterministic as ``serve``).
 
     Raises:
       ValueError: bad batch size or class weights, or no usable image.
@@ -402,6 +411,9 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(images, DecodedImages):
+        if serve is not None:
+            raise ValueError("images decoded into memory need no decoding service: drop "
+                             "--cache_images or --data_service")
         if images.image_size != image_size:
             raise ValueError(f"images were decoded at {images.image_size}, not {image_size}")
         weights = class_weights_lib.example_weights(images.labels, class_weights)
@@ -424,7 +436,11 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
             (tf.constant(paths), tf.constant(labels, tf.int32), tf.constant(weights, tf.float32))),
             len(paths), shuffle, seed, repeat, skip)
 
-    if skip_corrupt:
+    if serve is not None:
+        ds = serve(stream(skip_batches * batch_size),
+                   lambda path: decode_image(tf.io.read_file(path), image_size), batch_size,
+                   skip_corrupt)
+    elif skip_corrupt:
         ds = _decode_naming_drops(stream, skip_batches * batch_size, image_size,
                                   num_parallel_calls)
     else:
