@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from fer_tf import train_config
 from fer_tf.data import demo, pipeline, sources
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -132,6 +133,18 @@ def test_shards_reproduce_the_single_process_batches(tmp_path):
                         np.concatenate([shards[0][k][part], shards[1][k][part]]), batch[part])
     with pytest.raises(ValueError, match="count dividing batch_size=16"):
         pipeline.make_dataset(files, 16, shard=(0, 3))
+
+
+def test_config_needs_tf_config_and_a_positive_timeout(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    config = train_config.TrainConfig(random_init=True, distribute="multi_worker")
+    with pytest.raises(ValueError, match="TF_CONFIG environment variable, which is not set"):
+        config.validate()
+    monkeypatch.setenv("TF_CONFIG", "{}")
+    config.validate()
+    config.collective_timeout = 0
+    with pytest.raises(ValueError, match="--collective_timeout must be > 0 seconds, got 0"):
+        config.validate()
 
 
 @pytest.mark.slow
