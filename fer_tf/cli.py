@@ -17,14 +17,19 @@ USER_ERRORS = (app.UsageError, ValueError, FileNotFoundError, FileExistsError,
                PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+def fail(prog: str, error, code: int = 2):
+    """Prints ``<prog>: error: <message>`` as one line on stderr and exits with ``code``."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def _guarded(main, prog):
     def wrapper(argv):
         try:
             return main(argv)
         except USER_ERRORS as error:
-            message = " ".join(str(error).split()) or type(error).__name__
-            print(f"{prog}: error: {message}", file=sys.stderr)
-            sys.exit(2)
+            fail(prog, error)
     return wrapper
 
 

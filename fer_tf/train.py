@@ -5,6 +5,8 @@ Flags after ``--flagfile`` override the file, e.g.
 Rerunning the same command resumes from the workdir's last checkpoint. The workdir
 receives ``flags.txt`` (``python -m fer_tf.train --flagfile=WORKDIR/flags.txt`` relaunches
 the run), checkpoints, TensorBoard events, ``best_model.keras`` and ``result.json``.
+With ``--distribute=multi_worker`` every machine runs the same command with its own
+``TF_CONFIG``; only the chief writes there (docs/distributed.md).
 """
 
 import json
@@ -112,9 +114,15 @@ def main(argv):
     except (ValueError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from e
     check_resume(config)
-    write_flagfile(FLAGS.workdir)
+    # The first TensorFlow operation: MultiWorkerMirroredStrategy must configure the
+    # collectives before anything else initialises the runtime.
+    strategy = training.make_strategy(config)
+    if training.is_chief(strategy):
+        write_flagfile(FLAGS.workdir)
     try:
-        result = training.train_and_evaluate(config, FLAGS.workdir)
+        result = training.train_and_evaluate(config, FLAGS.workdir, strategy=strategy)
+    except training.WorkerLost as e:
+        cli.fail("fer_tf.train", e, code=1)
     except training.TrainingInterrupted as e:
         logging.warning("%s", e)
         # The shell's convention: 128 + signal number.
@@ -122,6 +130,8 @@ def main(argv):
     except FloatingPointError as e:
         logging.error("%s", e)
         sys.exit(1)
+    if not training.is_chief(strategy):
+        return  # the chief reports
     print(f"best validation ABAW score {result.get('val_abaw_score', float('nan')):.4f} "
           f"(macro F1 {result.get('val_f1', float('nan')):.4f}, accuracy "
           f"{result.get('val_accuracy', float('nan')):.4f}) at update {result['best_step']}; "

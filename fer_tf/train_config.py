@@ -18,7 +18,7 @@ from fer_tf.data import class_weights as class_weights_lib
 from fer_tf.data import service_input
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-DISTRIBUTIONS = ("none", "mirrored")
+DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 BACKBONES = tuple(model_lib.BACKBONES)
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -104,7 +104,14 @@ class TrainConfig:
     xla: bool = _setting(False, "XLA-compile the train step (single device only).")
     distribute: str = _setting(
         "none", "mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or CPU "
-        "devices).", choices=DISTRIBUTIONS)
+        "devices); multi_worker: tf.distribute.MultiWorkerMirroredStrategy over the "
+        "machines of the TF_CONFIG environment variable (docs/distributed.md).",
+        choices=DISTRIBUTIONS)
+    collective_timeout: float = _setting(
+        300.0, "--distribute=multi_worker: seconds a cross-worker reduction may wait before "
+        "the run fails (a lost worker stops the others within about this time instead of "
+        "hanging them); must exceed the longest pause of one worker alone, such as the "
+        "chief writing best_model.keras.")
     log_every: int = _setting(50, "Updates between log lines and training summaries.")
     eval_batch_size: int = _setting(256, "Validation batch size.")
     max_val_images: int = _setting(
@@ -180,6 +187,9 @@ def _check_ranges(config: TrainConfig):
         if getattr(config, name) < 0:
             raise ValueError(f"--{name} must be >= 0 (0 turns it off), got "
                              f"{getattr(config, name)}")
+    if config.collective_timeout <= 0:
+        raise ValueError(f"--collective_timeout must be > 0 seconds, got "
+                         f"{config.collective_timeout}")
     if config.crop_margin < 0:
         raise ValueError(f"--crop_margin must be >= 0, got {config.crop_margin}")
     if config.data_service:
@@ -200,6 +210,9 @@ def _check_choices(config: TrainConfig):
     if config.xla and config.distribute != "none":
         raise ValueError("--xla works on a single device only (XLA under MirroredStrategy "
                          "has open issues); use --distribute=none or --noxla")
+    if config.distribute == "multi_worker" and not os.environ.get("TF_CONFIG"):
+        raise ValueError("--distribute=multi_worker reads the cluster from the TF_CONFIG "
+                         "environment variable, which is not set (docs/distributed.md)")
 
 
 def _check_weights(config: TrainConfig):

@@ -97,7 +97,8 @@ def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
     Returns:
       ``step(images, labels, weights) -> {"loss": float32, "grad_norm": float32}``;
       the inputs are global-batch tensors, or per-replica values from
-      ``strategy.experimental_distribute_dataset``. ``loss`` is the batch's weighted CE,
+      ``strategy.experimental_distribute_dataset`` (or
+      ``distribute_datasets_from_function``, multi-worker). ``loss`` is the batch's weighted CE,
       ``grad_norm`` the global norm of its gradient (before L2 and the lr ratio).
     """
     strategy = strategy or tf.distribute.get_strategy()
@@ -117,7 +118,10 @@ def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
     replica_step = _replica_step(model, sgd, variables, is_head, local_micro, replicas,
                                  loss_dtype, label_smoothing)
 
-    if replicas == 1 and not isinstance(strategy, tf.distribute.MirroredStrategy):
+    # A one-replica Mirrored or multi-worker strategy still needs strategy.run (its
+    # variables may only be updated in a replica context).
+    if replicas == 1 and not isinstance(strategy, (tf.distribute.MirroredStrategy,
+                                                   tf.distribute.MultiWorkerMirroredStrategy)):
         @tf.function(jit_compile=jit_compile)
         def step(images, labels, weights):
             loss, grad_norm = replica_step(images, labels, weights)

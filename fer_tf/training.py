@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from typing import Callable, Dict, Optional, Sequence
@@ -85,6 +86,10 @@ class _StopRequest:
         return False
 
 
+class WorkerLost(RuntimeError):
+    """A multi-worker run lost a worker (or it timed out); rerun every worker to resume."""
+
+
 class TrainingInterrupted(Exception):
     """Raised after SIGTERM/SIGINT once the checkpoint is written; rerun to resume."""
 
@@ -108,7 +113,10 @@ class LoopData:
       train_epoch: ``(epoch, skip_batches) -> tf.data.Dataset`` of global batches
         ``(uint8 images, int32 labels, float32 weights)`` of that epoch without its first
         ``skip_batches`` batches; finite, all of the same size, and in the same order
-        every time it is called with the same epoch (the resume relies on it).
+        every time it is called with the same epoch (the resume relies on it). Under
+        --distribute=multi_worker it is called as ``(epoch, skip_batches, (worker,
+        workers))`` and returns that worker's share of each global batch (see
+        `fer_tf.data.pipeline.make_dataset`'s ``shard``).
       validation: ``() -> tf.data.Dataset`` of ``(images, labels, ...)`` batches.
       images_per_epoch: for the log's epoch fraction (optional).
     """
@@ -208,13 +216,64 @@ def _write_validation_summaries(writer, scores, class_names, step):
     writer.flush()
 
 
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True for a `tf.distribute.MultiWorkerMirroredStrategy` (one process per worker)."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker run."""
+    return strategy.extended.should_checkpoint
+
+
+def _broadcast_from_chief(strategy) -> Callable[[float], float]:
+    """``value -> the chief's value`` on every worker (an all-reduce to which only global
+    replica 0, on the chief, contributes).
+
+    Each worker's BatchNorm statistics come from its own micro-batches, so the workers'
+    validation scores differ slightly; deciding on the chief's keeps the best step and
+    early stopping identical everywhere, and the workers in step.
+    """
+    @tf.function
+    def broadcast(value):
+        def replica_fn(value):
+            ctx = tf.distribute.get_replica_context()
+            first = tf.cast(tf.equal(ctx.replica_id_in_sync_group, 0), value.dtype)
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value * first)
+        return strategy.run(replica_fn, args=(value,))
+
+    def chief_value(value):
+        result = broadcast(tf.constant(value, tf.float64))
+        return float(strategy.experimental_local_results(result)[0])
+    return chief_value
+
+
+def _worker_batches(data: LoopData, epoch: int, skip: int, context, batch_size: int):
+    """One worker's dataset of an epoch: its share of each global batch (read and decoded
+    by this worker only), in slices of one replica's batch."""
+    dataset = data.train_epoch(epoch, skip, (context.input_pipeline_id,
+                                             context.num_input_pipelines))
+    per_replica = context.get_per_replica_batch_size(batch_size)
+    if per_replica * context.num_input_pipelines != batch_size:
+        # Several replicas on this worker: tf.distribute hands them consecutive batches,
+        # i.e. consecutive slices of the worker's share, in the global replica order.
+        dataset = dataset.rebatch(per_replica, drop_remainder=True)
+    return dataset
+
+
 class _Run:
-    """One training run's moving parts: the step, the checkpointed state, the outputs."""
+    """One training run's moving parts: the step, the checkpointed state, the outputs.
+
+    Under --distribute=multi_worker every worker runs one, in lockstep; only the chief
+    (``outdir == workdir``) writes into the workdir, the others into ``outdir``, a
+    temporary folder (saving is collective, so they must save too).
+    """
 
     def __init__(self, model, sgd, data: LoopData, config: TrainConfig, workdir: str,
-                 strategy, class_names):
+                 strategy, class_names, outdir: str):
         self.model, self.sgd, self.data, self.config = model, sgd, data, config
         self.workdir, self.strategy, self.class_names = workdir, strategy, class_names
+        self.chief = outdir == workdir
         self.train_step = make_train_step(model, sgd, config.micro_batches, strategy,
                                           jit_compile=config.xla,
                                           label_smoothing=config.label_smoothing)
@@ -227,22 +286,33 @@ class _Run:
             model=model, optimizer=sgd.optimizer, random_state=random_state_variables(model),
             **self.state)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(workdir, CHECKPOINT_DIR),
-            max_to_keep=config.max_checkpoints)
+            self.checkpoint, os.path.join(outdir, CHECKPOINT_DIR),
+            max_to_keep=config.max_checkpoints if self.chief else 1)
+        # Every worker resumes from the chief's checkpoints (on a cluster the workdir is
+        # a shared filesystem or GCS).
+        self.chief_checkpoints = os.path.join(workdir, CHECKPOINT_DIR)
+        self.saved_step = -1  # the update of this process's last save or restore
         self._restore()
-        self.writer = tf.summary.create_file_writer(workdir)
+        self.writer = tf.summary.create_file_writer(outdir)
         self.result_path = os.path.join(workdir, RESULT_FILE)
+        self.chief_value = (_broadcast_from_chief(strategy) if is_multi_worker(strategy)
+                            else float)
         self.best_scores = _best_scores_from_result(self.result_path)
         self.interval = {"loss": 0.0, "grad_norm": 0.0, "n": 0, "start": time.time(),
                          "images": 0}
 
+    def last_checkpoint(self) -> Optional[str]:
+        """The chief's last complete checkpoint (what a rerun resumes from), or None."""
+        return tf.train.latest_checkpoint(self.chief_checkpoints)
+
     def _restore(self):
-        if not self.manager.latest_checkpoint:
-            logging.info("No checkpoint in %s: starting from update 0", self.manager.directory)
+        latest = self.last_checkpoint()
+        if not latest:
+            logging.info("No checkpoint in %s: starting from update 0", self.chief_checkpoints)
             return
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s at update %d (epoch %d, batch %d)",
-                     self.manager.latest_checkpoint, self.step,
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        self.saved_step = self.step
+        logging.info("Resumed from %s at update %d (epoch %d, batch %d)", latest, self.step,
                      int(self.state["epoch"].numpy()), int(self.state["batch_in_epoch"].numpy()))
 
     @property
@@ -253,9 +323,11 @@ class _Run:
         return self.step >= self.config.max_updates or bool(self.state["stopped_early"].numpy())
 
     def save(self, reason: str) -> str:
+        """Saves a checkpoint (every worker: saving is collective); returns the chief's path."""
         path = self.manager.save(checkpoint_number=self.step)
+        self.saved_step = self.step
         logging.info("Checkpoint %s (%s)", path, reason)
-        return path
+        return os.path.join(self.chief_checkpoints, os.path.basename(path))
 
     def validate(self):
         """Scores the model, logs it, and keeps it if it is the best so far."""
@@ -269,16 +341,18 @@ class _Run:
                      validation_lib.per_class_table(scores, self.class_names))
         _write_validation_summaries(self.writer, scores, self.class_names, step)
         state["last_validated"].assign(step)
-        if scores["abaw_score"] > state["best_score"].numpy():
-            state["best_score"].assign(scores["abaw_score"])
+        score = self.chief_value(scores["abaw_score"])
+        if score > state["best_score"].numpy():
+            state["best_score"].assign(score)
             state["best_step"].assign(step)
             state["bad_validations"].assign(0)
             self.best_scores = scores
-            save_model_atomic(self.model, os.path.join(self.workdir, BEST_MODEL_FILE))
-            write_json_atomic(self.result_path, _result_payload(
-                state, scores, self.class_names, False, "running"))
-            logging.info("New best ABAW %.4f at update %d: saved %s", scores["abaw_score"],
-                         step, BEST_MODEL_FILE)
+            if self.chief:
+                save_model_atomic(self.model, os.path.join(self.workdir, BEST_MODEL_FILE))
+                write_json_atomic(self.result_path, _result_payload(
+                    state, scores, self.class_names, False, "running"))
+                logging.info("New best ABAW %.4f at update %d: saved %s", score, step,
+                             BEST_MODEL_FILE)
             return
         state["bad_validations"].assign_add(1)
         logging.info("No improvement for %d validation(s) (best %.4f at update %d)",
@@ -291,9 +365,15 @@ class _Run:
         """Runs the current epoch from its saved position until it ends or the run does."""
         epoch = int(self.state["epoch"].numpy())
         skip = int(self.state["batch_in_epoch"].numpy())
-        dataset = self.data.train_epoch(epoch, skip)
-        if self.strategy.num_replicas_in_sync > 1:
-            dataset = self.strategy.experimental_distribute_dataset(dataset)
+        if is_multi_worker(self.strategy):
+            # Each worker reads only its share; TF must not shard it again.
+            dataset = self.strategy.distribute_datasets_from_function(
+                lambda context: _worker_batches(self.data, epoch, skip, context,
+                                                self.config.batch_size))
+        else:
+            dataset = self.data.train_epoch(epoch, skip)
+            if self.strategy.num_replicas_in_sync > 1:
+                dataset = self.strategy.experimental_distribute_dataset(dataset)
         batches = skip
         for images, labels, weights in dataset:
             out = self.train_step(images, labels, weights)
@@ -317,7 +397,7 @@ class _Run:
         if not np.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss} at update {step} (epoch {epoch}, batch {batches - 1}); last "
-                f"good checkpoint: {self.manager.latest_checkpoint or 'none (no checkpoint yet)'}"
+                f"good checkpoint: {self.last_checkpoint() or 'none (no checkpoint yet)'}"
                 ". Lower --lr_head/--lr_backbone, check the data and class weights, or use "
                 "--precision=float32; rerunning resumes from that checkpoint")
         interval["loss"] += loss
@@ -345,13 +425,12 @@ class _Run:
         step = self.step
         if int(self.state["last_validated"].numpy()) != step:
             self.validate()
-        if self.manager.latest_checkpoint != os.path.join(self.manager.directory,
-                                                          f"ckpt-{step}"):
+        if self.saved_step != step:
             self.save("final")
         reason = "early_stopping" if bool(self.state["stopped_early"].numpy()) else "max_updates"
         payload = _result_payload(self.state, self.best_scores, self.class_names, True, reason)
-        write_json_atomic(self.result_path, payload)
-        self.writer.close()
+        if self.chief:
+            write_json_atomic(self.result_path, payload)
         logging.info("Finished (%s) after %d updates: best ABAW %.4f at update %d", reason,
                      step, payload.get("val_abaw_score", float("nan")), payload["best_step"])
         return payload
@@ -368,6 +447,9 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
     Writes into ``workdir``: ``checkpoints/`` (model, optimiser, step, epoch and batch
     position, best score, augmentation random state; atomic), TensorBoard events,
     ``best_model.keras`` and ``result.json`` (rewritten at each improvement and at the end).
+    Under a `tf.distribute.MultiWorkerMirroredStrategy` only the chief writes them; the
+    other workers resume from the chief's checkpoints and write theirs into a temporary
+    folder that is removed at the end.
 
     Returns:
       The result.json payload.
@@ -375,18 +457,78 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
     Raises:
       FloatingPointError: a non-finite loss, naming the update and last good checkpoint.
       TrainingInterrupted: after SIGTERM/SIGINT, once a checkpoint is written.
+      WorkerLost: multi-worker only: a peer died or a reduction timed out.
     """
     strategy = strategy or tf.distribute.get_strategy()
     os.makedirs(workdir, exist_ok=True)
-    _remove_interrupted_writes(workdir)
-    with strategy.scope():
-        sgd.build(model.trainable_variables)
-    run = _Run(model, sgd, data, config, workdir, strategy,
-               tuple(class_names)[: config.num_classes])
-    with _StopRequest() as stop:
-        while not run.done():
-            run.train_epoch(stop)
-        return run.finish()
+    chief = is_chief(strategy)
+    if chief:
+        _remove_interrupted_writes(workdir)
+    outdir = workdir if chief else tempfile.mkdtemp(prefix="fer_tf_worker_")
+    run = None
+    try:
+        with strategy.scope():
+            sgd.build(model.trainable_variables)
+        run = _Run(model, sgd, data, config, workdir, strategy,
+                   tuple(class_names)[: config.num_classes], outdir)
+        with _StopRequest() as stop:
+            while not run.done():
+                run.train_epoch(stop)
+            return run.finish()
+    except _LOST_PEER_ERRORS as e:
+        if not is_multi_worker(strategy):
+            raise
+        raise WorkerLost(_lost_worker_message(e, strategy, config, run)) from e
+    finally:
+        if run is not None:
+            run.writer.close()
+        if not chief:
+            shutil.rmtree(outdir, ignore_errors=True)
+
+
+# What a collective raises when a peer died (Unavailable, or Aborted/Cancelled once the
+# collectives were aborted) or did not answer in time (DeadlineExceeded).
+_LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                     tf.errors.AbortedError, tf.errors.CancelledError)
+
+
+def _unreachable_peers(strategy, timeout_ms: int = 2000) -> list:
+    """The other workers of the cluster that do not answer TF's collective health check."""
+    # The check MultiWorkerMirroredStrategy's own health thread runs (TF has no public
+    # name for it); it only names the lost peer for the error message.
+    from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+    resolver = strategy.cluster_resolver
+    spec = resolver.cluster_spec()
+    down = []
+    for job in ("chief", "worker"):
+        for task in range(spec.num_tasks(job) if job in spec.jobs else 0):
+            if (job, task) == (resolver.task_type, resolver.task_id):
+                continue
+            try:
+                context.context().check_collective_ops_peer_health(
+                    f"/job:{job}/replica:0/task:{task}", timeout_in_ms=timeout_ms)
+            except tf.errors.OpError:
+                down.append(f"{job} {task} ({spec.task_address(job, task)})")
+    return down
+
+
+def _lost_worker_message(error, strategy, config: TrainConfig, run) -> str:
+    """One line: who is lost, when, and how to resume."""
+    resolver = strategy.cluster_resolver
+    me = f"{resolver.task_type} {resolver.task_id}"
+    step = f"at update {run.step}" if run is not None else "before the first update"
+    latest = run.last_checkpoint() if run is not None else None
+    resume = (f"rerun every worker's command to resume from {latest}" if latest else
+              "rerun every worker's command (there is no checkpoint yet: it starts over)")
+    down = _unreachable_peers(strategy)
+    if down:
+        return (f"{me} lost the multi-worker run {step}: {', '.join(down)} stopped or is "
+                f"unreachable ({type(error).__name__}; the others fail within "
+                f"--collective_timeout={config.collective_timeout:g}s); {resume}")
+    return (f"{me}: a cross-worker reduction {step} did not complete within "
+            f"--collective_timeout={config.collective_timeout:g}s ({type(error).__name__}) "
+            f"although every worker answers: one is stalled or much slower (raise "
+            f"--collective_timeout); {resume}")
 
 
 def _log_interval(writer, interval, step, config, lr_head, lr_backbone, epoch,
@@ -490,11 +632,11 @@ def make_loop_data(config: TrainConfig) -> LoopData:
 
     serve = service_input.served_input(config.data_service)  # None: decode here
 
-    def train_epoch(epoch, skip):
+    def train_epoch(epoch, skip, shard=None):
         # A different, reproducible order in each epoch.
         return _batches(train_source, config.batch_size, config, shuffle=True,
                         seed=config.seed * 100_003 + epoch, class_weights=weights,
-                        drop_remainder=True, skip_batches=skip, serve=serve)
+                        drop_remainder=True, skip_batches=skip, serve=serve, shard=shard)
 
     def validation():
         return _batches(val_source, config.eval_batch_size, config, shuffle=False,
@@ -504,9 +646,21 @@ def make_loop_data(config: TrainConfig) -> LoopData:
 
 
 def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
-    """``tf.distribute.MirroredStrategy()`` for "mirrored", else the default strategy."""
+    """The strategy of ``config.distribute``.
+
+    "mirrored": ``tf.distribute.MirroredStrategy()``; "multi_worker":
+    ``tf.distribute.MultiWorkerMirroredStrategy`` over the cluster of the ``TF_CONFIG``
+    environment variable, whose reductions fail after ``collective_timeout`` seconds
+    instead of waiting forever for a lost worker. Create it before any other TensorFlow
+    operation (TF configures the collectives at program start); it returns once every
+    worker has started. Otherwise the default strategy.
+    """
     if config.distribute == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if config.distribute == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            communication_options=tf.distribute.experimental.CommunicationOptions(
+                timeout_seconds=config.collective_timeout))
     return tf.distribute.get_strategy()
 
 
@@ -524,20 +678,24 @@ def build_model(config: TrainConfig) -> keras.Model:
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str,
-                       data: Optional[LoopData] = None) -> Dict:
+                       data: Optional[LoopData] = None,
+                       strategy: Optional[tf.distribute.Strategy] = None) -> Dict:
     """Trains and validates a model as configured; resumes from ``workdir``'s checkpoint.
 
     Args:
       config: the run's settings (validated here first).
-      workdir: output directory (checkpoints, events, best_model.keras, result.json).
+      workdir: output directory (checkpoints, events, best_model.keras, result.json);
+        under --distribute=multi_worker the same folder on every worker (shared).
       data: input pipelines (default: `make_loop_data(config)`).
+      strategy: from `make_strategy(config)` (default: made here; a multi-worker
+        program makes it first, before any other TensorFlow operation).
 
     Returns:
       The result.json payload (best step, validation ABAW score, F1, accuracy,
       per-class F1).
     """
     config.validate()
-    strategy = make_strategy(config)
+    strategy = strategy or make_strategy(config)
     config.validate(strategy.num_replicas_in_sync)
     logging.info("fer_tf training: %s, %d replica(s), precision %s%s", config.backbone,
                  strategy.num_replicas_in_sync, config.precision, ", XLA" if config.xla else "")

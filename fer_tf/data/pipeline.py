@@ -245,6 +245,37 @@ def _ordered(ds, count, shuffle, seed, repeat, skip):
     return ds
 
 
+def check_shard(shard, batch_size: int):
+    """Raises ValueError unless ``shard=(index, count)`` splits ``batch_size`` evenly."""
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count and batch_size % count == 0):
+        raise ValueError(f"shard={shard} must be (index, count) with 0 <= index < count and "
+                         f"count dividing batch_size={batch_size}")
+
+
+def _shard(ds, batch_size: int, shard, drop_remainder: bool):
+    """Keeps positions [index*b, (index+1)*b) of every ``batch_size`` positions of the
+    stream (b = batch_size/count): shard ``index``'s share of each global batch.
+
+    Applied to the (path, label) stream, before decoding, so a worker never reads the
+    others' files. With ``drop_remainder`` an incomplete last global batch is dropped
+    whole: every shard then has the same number of batches.
+    """
+    if shard is None:
+        return ds
+    index, count = shard
+    share = batch_size // count
+    total = int(ds.cardinality())
+    if total >= 0 and drop_remainder:
+        ds, total = ds.take(total // batch_size * batch_size), total // batch_size * batch_size
+    ds = ds.enumerate().filter(lambda i, _: (i % batch_size) // share == index).map(
+        lambda _, element: element)
+    if total >= 0:  # keep the cardinality known (the drop reporting relies on it)
+        kept = total // batch_size * share + min(max(total % batch_size - index * share, 0), share)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(kept))
+    return ds
+
+
 # Paths the decoder rejected after they passed the header check, in the order met
 # (each once), for the run's summary.
 _DECODER_REJECTED = []
@@ -378,7 +409,7 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
                  seed: int = 0, repeat: bool = False, class_weights=None,
                  drop_remainder: bool = False,
                  num_parallel_calls=AUTOTUNE, skip_corrupt: bool = True,
-                 skip_batches: int = 0, serve=None) -> tf.data.Dataset:
+                 skip_batches: int = 0, serve=None, shard=None) -> tf.data.Dataset:
     """Batches of (uint8 RGB images, int32 labels, float32 weights) from labelled files.
 
     Args:
@@ -401,6 +432,12 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
         batch_size, skip_corrupt)`` gets the ordered, skipped (path, label, weight)
         stream and returns its decoded (image, label, weight) examples, batched here
         (`fer_tf.data.service_input.ServedInput`: tf.data service workers).
+      shard: ``(index, count)``: only shard ``index`` of ``count`` (one worker of a
+        multi-worker run): of every batch this function gives without ``shard``, the
+        images at positions [index*b, (index+1)*b), b = batch_size/count, selected
+        before reading and decoding; the batches hold b images, and the ``count``
+        shards' batches k, concatenated in index order, are the unsharded batch k
+        (files only the decoder rejects, rare, shift that shard's later batches).
 
     Returns:
       A deterministic tf.data.Dataset (with ``serve``: as deterministic as ``serve``).
@@ -410,6 +447,10 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    share = batch_size
+    if shard is not None:
+        check_shard(shard, batch_size)
+        share = batch_size // shard[1]
     if isinstance(images, DecodedImages):
         if serve is not None:
             raise ValueError("images decoded into memory need no decoding service: drop "
@@ -420,7 +461,8 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
         ds = _ordered(tf.data.Dataset.from_tensor_slices(
             (images.pixels, tf.constant(images.labels, tf.int32), tf.constant(weights, tf.float32))),
             len(images), shuffle, seed, repeat, skip_batches * batch_size)
-        return _finish(ds, batch_size, drop_remainder, num_parallel_calls)
+        ds = _shard(ds, batch_size, shard, drop_remainder)
+        return _finish(ds, share, drop_remainder, num_parallel_calls)
     paths = list(images.paths)
     labels = np.asarray(images.labels, np.int64)
     if skip_corrupt:
@@ -432,36 +474,38 @@ def make_dataset(images, batch_size: int, image_size: int = 112, shuffle: bool =
     weights = class_weights_lib.example_weights(labels, class_weights)
 
     def stream(skip=0):
-        return _ordered(tf.data.Dataset.from_tensor_slices(
+        return _shard(_ordered(tf.data.Dataset.from_tensor_slices(
             (tf.constant(paths), tf.constant(labels, tf.int32), tf.constant(weights, tf.float32))),
-            len(paths), shuffle, seed, repeat, skip)
+            len(paths), shuffle, seed, repeat, skip), batch_size, shard, drop_remainder)
 
     if serve is not None:
         ds = serve(stream(skip_batches * batch_size),
-                   lambda path: decode_image(tf.io.read_file(path), image_size), batch_size,
+                   lambda path: decode_image(tf.io.read_file(path), image_size), share,
                    skip_corrupt)
     elif skip_corrupt:
-        ds = _decode_naming_drops(stream, skip_batches * batch_size, image_size,
+        # Positions count this shard's stream: skip_batches batches of `share` each.
+        ds = _decode_naming_drops(stream, skip_batches * share, image_size,
                                   num_parallel_calls)
     else:
         ds = stream(skip_batches * batch_size).map(
             lambda p, y, w: (decode_image(tf.io.read_file(p), image_size), y, w),
             num_parallel_calls=num_parallel_calls, deterministic=True)
-    return _finish(ds, batch_size, drop_remainder, num_parallel_calls)
+    return _finish(ds, share, drop_remainder, num_parallel_calls)
 
 
 def make_dataset_from_records(records: tf.data.Dataset, batch_size: int, image_size: int = 112,
                               shuffle: bool = True, seed: int = 0, shuffle_buffer: int = 20000,
                               repeat: bool = False, class_weights=None,
                               drop_remainder: bool = False,
-                              num_parallel_calls=AUTOTUNE, skip_batches: int = 0
-                              ) -> tf.data.Dataset:
+                              num_parallel_calls=AUTOTUNE, skip_batches: int = 0,
+                              shard=None) -> tf.data.Dataset:
     """The same batches from a TFDS split (fer_tf.data.tfds_builders.load).
 
     Args:
       records: a tf.data.Dataset of dicts with "image" (encoded bytes -- load with
         ``decoders={"image": tfds.decode.SkipDecoding()}`` for speed -- or uint8
         [H, W, 3]) and "label" (int64); other keys are ignored.
+      shard: one worker's share of every global batch, as in `make_dataset`.
       shuffle_buffer: records are shuffled through a buffer of this many examples
         (shuffle the TFDS files too for a better mix); other args as make_dataset.
 
@@ -492,7 +536,12 @@ def make_dataset_from_records(records: tf.data.Dataset, batch_size: int, image_s
         ds = ds.repeat()
     if skip_batches:
         ds = ds.skip(int(skip_batches) * batch_size)
+    share = batch_size
+    if shard is not None:
+        check_shard(shard, batch_size)
+        share = batch_size // shard[1]
+        ds = _shard(ds, batch_size, shard, drop_remainder)
     ds = ds.map(to_example, num_parallel_calls=num_parallel_calls, deterministic=True)
     # Records were validated when built; a bad one is still dropped with a warning.
     ds = ds.ignore_errors(log_warning=True)
-    return _finish(ds, batch_size, drop_remainder, num_parallel_calls)
+    return _finish(ds, share, drop_remainder, num_parallel_calls)

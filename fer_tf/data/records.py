@@ -103,8 +103,8 @@ def subset(split: RecordSplit, indices) -> RecordSplit:
 
 def make_dataset(split: RecordSplit, batch_size: int, image_size: int, shuffle: bool = True,
                  seed: int = 0, class_weights=None, drop_remainder: bool = False,
-                 skip_batches: int = 0, shuffle_buffer: Optional[int] = None
-                 ) -> tf.data.Dataset:
+                 skip_batches: int = 0, shuffle_buffer: Optional[int] = None,
+                 shard=None) -> tf.data.Dataset:
     """Batches of (uint8 images, int32 labels, float32 weights), as
     `fer_tf.data.pipeline.make_dataset` gives for the same examples as files.
 
@@ -123,7 +123,7 @@ def make_dataset(split: RecordSplit, batch_size: int, image_size: int, shuffle: 
     return pipeline.make_dataset_from_records(
         split.records, batch_size, image_size=image_size, shuffle=shuffle, seed=seed,
         shuffle_buffer=max(buffer, 1), class_weights=class_weights,
-        drop_remainder=drop_remainder, skip_batches=skip_batches)
+        drop_remainder=drop_remainder, skip_batches=skip_batches, shard=shard)
 
 
 def decode_all(split: RecordSplit, image_size: int) -> pipeline.DecodedImages:

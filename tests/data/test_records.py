@@ -108,3 +108,16 @@ def test_evaluate_reads_records_like_files(demo_both_ways, tmp_path):
     for name in csvs:
         assert (tmp_path / "records" / "per_video" / name).read_bytes() == \
             (tmp_path / "files" / "per_video" / name).read_bytes()
+
+
+def test_record_shards_are_the_file_lists_shards(demo_both_ways):
+    """Each of 2 workers' shards of the records equals its shard of the files, and the two
+    shards' batch k, concatenated, is the unsharded batch k. Tolerance: none."""
+    files, tfds = (training.make_loop_data(c) for c in _configs(demo_both_ways))
+    whole = _arrays(tfds.train_epoch(1, 2))
+    shards = []
+    for index in range(2):
+        shards.append(_arrays(tfds.train_epoch(1, 2, shard=(index, 2))))
+        _assert_same_batches(_arrays(files.train_epoch(1, 2, shard=(index, 2))), shards[-1])
+    joined = [tuple(np.concatenate([a[t], b[t]]) for t in range(3)) for a, b in zip(*shards)]
+    _assert_same_batches(whole, joined)
