@@ -1,6 +1,7 @@
-"""Export a trained expression model as a SavedModel for TF Serving.
+"""Export a trained expression model: a SavedModel for TF Serving, or an ONNX / LiteRT file.
 
 ``python -m fer_tf.export --model=PATH --export_dir=DIR/1 [--overwrite]``
+``python -m fer_tf.export --model=PATH --format=onnx|litert --output=FILE [--overwrite]``
 
 PATH is a training workdir (its ``best_model.keras`` is used) or a ``.keras`` file.
 The SavedModel has two signatures, both returning ``probabilities`` float32 [B, 7],
@@ -21,9 +22,22 @@ needs TensorFlow only (no Keras, no fer_tf): ``tf.saved_model.load(DIR/1)``.
 TF Serving loads numbered version folders under ``--model_base_path``; the export is
 written to a hidden temporary folder beside ``export_dir`` and renamed into place, so
 a server watching the base path never sees a half-written version.
+
+``--format=onnx`` (``.onnx``, for ONNX Runtime) and ``--format=litert`` (``.tflite``,
+for the LiteRT interpreter) write one file through Keras' own ``model.export``; the
+file has one input, ``images`` uint8 [B, D, D, 3] RGB face crops at the model's decode
+size D (48 for the shipped model), and the outputs ``probabilities`` float32 [B, 7] and
+``class_index`` int32 [B]. Gray conversion, the resize to the network's size, RGB->BGR,
+mean subtraction and the softmax are in the file; decoding and bringing a crop to D x D
+(`fer_tf.data.pipeline.resize_uint8`) are the client's (docs/exports.md). They need the
+optional extra ``pip install 'fer_tf[export]'``. The file carries the model's contract
+(class names, decode size) as JSON under the key `FILE_METADATA_KEY`: ONNX metadata
+properties, resp. a LiteRT metadata entry. It is written to a temporary name beside the
+output and renamed into place.
 """
 
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -45,6 +59,17 @@ OUTPUT_KEYS = ("probabilities", "class_index", "class_name")
 
 # TF Serving ignores assets.extra/ except its warm-up file; our description lives there.
 METADATA_FILE = os.path.join("assets.extra", "fer_tf_export.json")
+
+FORMATS = ("saved_model", "onnx", "litert")
+# The single-file formats and the ending each needs (Keras' LiteRT export insists on it).
+FILE_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
+# Where a single-file export keeps its JSON description (ONNX metadata_props key, resp.
+# the name of the LiteRT model's metadata entry).
+FILE_METADATA_KEY = "fer_tf_export"
+FILE_OUTPUT_KEYS = ("probabilities", "class_index")
+
+# Import name -> the pip package that provides it, per single-file format.
+_FORMAT_PACKAGES = {"onnx": (("tf2onnx", "tf2onnx"), ("onnx", "onnx")), "litert": ()}
 
 
 def resolve_model_path(path) -> str:
@@ -257,6 +282,15 @@ def export_saved_model(
     return export_dir
 
 
+def _decode_size(model, source: str, decode_size: Optional[int]) -> int:
+    """The decode size to export at: the argument, else the model's, the workdir's, 112."""
+    if decode_size is not None:
+        return int(decode_size)
+    return (model_lib.input_contract(model).decode_size
+            or inference.workdir_input_size(os.path.dirname(source))
+            or inference.DEFAULT_INPUT_SIZE)
+
+
 def export(model_path, export_dir, overwrite: bool = False,
            decode_size: Optional[int] = None) -> str:
     """Loads a training workdir or `.keras` file and exports it (see `export_saved_model`).
@@ -271,14 +305,215 @@ def export(model_path, export_dir, overwrite: bool = False,
     # Check the destination before the (slow) load so a mistake fails at once.
     _check_destination(os.path.abspath(os.fspath(export_dir)), overwrite, source)
     model = load_model(source)
-    contract = model_lib.input_contract(model)
-    if decode_size is None:
-        decode_size = (contract.decode_size
-                       or inference.workdir_input_size(os.path.dirname(source))
-                       or inference.DEFAULT_INPUT_SIZE)
     return export_saved_model(model, export_dir, overwrite=overwrite,
-                              class_names=contract.class_names,
-                              source=os.path.abspath(source), decode_size=decode_size)
+                              class_names=model_lib.input_contract(model).class_names,
+                              source=os.path.abspath(source),
+                              decode_size=_decode_size(model, source, decode_size))
+
+
+# ---------------------------------------------------------------------------------------
+# Single-file formats: ONNX and LiteRT.
+
+
+class MissingPackageError(ImportError):
+    """An optional package that a format needs is not installed; the message says how to
+    install it."""
+
+
+def require_packages(fmt: str):
+    """Imports the optional packages ``fmt`` needs to be written.
+
+    Raises:
+      ValueError: an unknown format.
+      MissingPackageError: a package is missing (the message names it and the pip command).
+    """
+    if fmt not in FILE_SUFFIXES:
+        raise ValueError(f"unknown single-file format {fmt!r}; choose one of {sorted(FILE_SUFFIXES)}")
+    for module, package in _FORMAT_PACKAGES[fmt]:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise MissingPackageError(
+                f"--format={fmt} needs the Python package {package!r}, which is not installed "
+                f"({e}); install the export extra: pip install 'fer_tf[export]' (or pip install "
+                f"{package})") from e
+
+
+def probabilities_model(model, decode_size: int):
+    """``model`` wrapped for the single-file formats: uint8 crops in, softmax out.
+
+    Args:
+      model: a model from `fer_tf.model.build_expression_model` (float RGB -> logits).
+      decode_size: side D of the square crops the file will take.
+
+    Returns:
+      A functional `keras.Model` from ``images`` uint8 [B, D, D, 3] to
+      ``{"probabilities": float32 [B, C], "class_index": int32 [B]}``.
+    """
+    import keras
+
+    class ClassIndex(keras.layers.Layer):
+        """tf.argmax as int32. keras.ops.argmax adds a Bitcast (its -0.0 handling) that
+        neither ONNX nor LiteRT builtins have."""
+
+        def call(self, probabilities):
+            return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+
+        def compute_output_shape(self, input_shape):
+            return tuple(input_shape[:-1])
+
+    images = keras.Input((decode_size, decode_size, 3), dtype="uint8", name=IMAGES_INPUT)
+    logits = model(keras.ops.cast(images, "float32"), training=False)
+    probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(
+        keras.ops.cast(logits, "float32"))
+    index = ClassIndex(dtype="float32", name="class_index")(probabilities)
+    return keras.Model(images, {"probabilities": probabilities, "class_index": index},
+                       name=f"{model.name}_probabilities")
+
+
+def _file_metadata(model, class_names, source, decode_size, fmt):
+    import keras
+
+    contract = model_lib.input_contract(model)
+    return {
+        "format": fmt,
+        "class_names": list(class_names),
+        "decode_size": decode_size,
+        "model_input_size": model_input_size(model),
+        "grayscale": contract.grayscale,
+        "crop_margin": contract.crop_margin,
+        "inputs": {IMAGES_INPUT: f"uint8 [batch, {decode_size}, {decode_size}, 3]: RGB 0..255 "
+                   f"face crops brought to {decode_size}x{decode_size} as "
+                   "fer_tf.data.pipeline.resize_uint8 does (antialiased bilinear when "
+                   "shrinking, plain bilinear when enlarging, rounded to uint8)"},
+        "outputs": {
+            "probabilities": "float32 [batch, num_classes]: softmax of the logits",
+            "class_index": "int32 [batch]: argmax of probabilities",
+        },
+        "preprocessing": ("in the file: " + ("RGB->gray (three equal channels), " if
+                                             contract.grayscale else "")
+                          + "bilinear resize to model_input_size, RGB->BGR, minus VGGFace2 mean"),
+        "source_model": source,
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+    }
+
+
+def _add_onnx_metadata(path: str, text: str):
+    """Stores ``text`` in the ONNX file's metadata_props (ONNX Runtime:
+    ``session.get_modelmeta().custom_metadata_map``)."""
+    import onnx
+
+    proto = onnx.load(path)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = FILE_METADATA_KEY, text
+    onnx.save(proto, path)
+
+
+def _add_litert_metadata(path: str, text: str):
+    """Stores ``text`` as a metadata entry of the LiteRT flatbuffer (a named buffer, the
+    schema's own place for it; runtimes ignore unknown entries)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(path)
+    buffer = schema.BufferT()
+    buffer.data = list(text.encode("utf-8"))
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = FILE_METADATA_KEY, len(model.buffers) - 1
+    model.metadata = (model.metadata or []) + [entry]
+    flatbuffer_utils.write_model(model, path)
+
+
+def read_file_metadata(path) -> Dict:
+    """The JSON description a single-file export carries (empty if it has none)."""
+    path = os.fspath(path)
+    if path.endswith(FILE_SUFFIXES["onnx"]):
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        return json.loads(props[FILE_METADATA_KEY]) if FILE_METADATA_KEY in props else {}
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(path)
+    for entry in model.metadata or []:
+        if entry.name.decode() == FILE_METADATA_KEY:
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode("utf-8"))
+    return {}
+
+
+def check_file_output(output, fmt: str, overwrite: bool = False, inputs=()) -> str:
+    """Checks, before any work, that a ``fmt`` file may be written at ``output``.
+
+    Raises:
+      ValueError: a wrong file ending, or ``output`` is an input.
+      FileExistsError: ``output`` exists and ``overwrite`` is False.
+    """
+    suffix = FILE_SUFFIXES[fmt]
+    if not os.fspath(output).endswith(suffix):
+        raise ValueError(f"--output={output} must end with {suffix} for --format={fmt}")
+    return atomic.check_output(output, inputs, overwrite, flag="--output")
+
+
+def export_model_file(
+    model,
+    output,
+    fmt: str,
+    overwrite: bool = False,
+    class_names: Sequence[str] = classes.CLASS_NAMES,
+    source: Optional[str] = None,
+    decode_size: int = inference.DEFAULT_INPUT_SIZE,
+) -> str:
+    """Writes ``model`` as one ONNX or LiteRT file, atomically (see the module docstring).
+
+    Args:
+      model: a model from `fer_tf.model.build_expression_model`.
+      output: the file to write (``.onnx`` / ``.tflite``).
+      fmt: "onnx" or "litert".
+      overwrite: replace an existing ``output``.
+      class_names: class names in logit order (recorded in the file's metadata).
+      source: where the model came from (recorded; never overwritten).
+      decode_size: side of the square uint8 crops the file takes.
+
+    Returns:
+      The absolute path of the file.
+
+    Raises:
+      MissingPackageError: the format's optional packages are missing.
+      ValueError, FileExistsError: as `check_file_output`.
+    """
+    require_packages(fmt)
+    output = check_file_output(output, fmt, overwrite, [source])
+    wrapped = probabilities_model(model, decode_size)
+    signature = [tf.TensorSpec([None, decode_size, decode_size, 3], tf.uint8, name=IMAGES_INPUT)]
+    metadata = json.dumps(_file_metadata(model, class_names, source, decode_size, fmt))
+    with atomic.output_path(output, FILE_SUFFIXES[fmt]) as tmp:
+        if fmt == "onnx":
+            wrapped.export(tmp, format="onnx", input_signature=signature, verbose=False)
+            _add_onnx_metadata(tmp, metadata)
+        else:
+            # Builtin ops only: Keras would also allow TF ("Flex") ops, which the LiteRT
+            # runtime cannot run without the TF delegate; here conversion fails instead.
+            wrapped.export(tmp, format="litert", input_signature=signature, verbose=False,
+                           target_spec={"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]})
+            _add_litert_metadata(tmp, metadata)
+    logging.info("exported %s to %s (%s)", source or model.name, output, fmt)
+    return output
+
+
+def export_file(model_path, output, fmt: str, overwrite: bool = False,
+                decode_size: Optional[int] = None) -> str:
+    """Loads a training workdir, `.keras` file or shipped model and writes it as one ONNX
+    or LiteRT file (see `export_model_file`; `decode_size` as in `export`)."""
+    require_packages(fmt)  # before the (slow) load
+    logging.info("fer_tf.export: model %s, format %s", pretrained.describe(model_path), fmt)
+    source = os.path.abspath(resolve_model_path(pretrained.resolve(model_path)))
+    check_file_output(output, fmt, overwrite, [source])
+    model = load_model(source)
+    return export_model_file(model, output, fmt, overwrite=overwrite,
+                             class_names=model_lib.input_contract(model).class_names,
+                             source=source, decode_size=_decode_size(model, source, decode_size))
 
 
 @dataclasses.dataclass
@@ -340,24 +575,47 @@ def load_exported(export_dir) -> ExportedModel:
 
 
 def define_flags():
-    """The command's flags: --model, --export_dir, --overwrite, --decode_size."""
+    """The command's flags: --model, --format, --export_dir / --output, --overwrite, --decode_size."""
     flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
                         "package), training workdir (uses its best_model.keras) or a .keras file.")
-    flags.DEFINE_string("export_dir", None, "Destination, a numbered version folder: "
-                        "<model_base_path>/1.")
-    flags.DEFINE_bool("overwrite", False, "Replace a non-empty export_dir.")
+    flags.DEFINE_enum("format", "saved_model", FORMATS, "saved_model: a TF Serving folder "
+                      "(--export_dir); onnx / litert: one .onnx / .tflite file (--output), "
+                      "needs pip install 'fer_tf[export]'.")
+    flags.DEFINE_string("export_dir", None, "--format=saved_model: destination, a numbered "
+                        "version folder: <model_base_path>/1.")
+    flags.DEFINE_string("output", None, "--format=onnx|litert: the file to write "
+                        "(.onnx / .tflite).")
+    flags.DEFINE_bool("overwrite", False, "Replace a non-empty export_dir or an existing output.")
     flags.DEFINE_integer("decode_size", None, "Side the training run decoded images at (its "
                          "--image_size); default: the model file's own, else the workdir's "
                          "flags.txt, else 112.")
-    flags.mark_flags_as_required(["export_dir"])
+
+    def destination_given(values):
+        needed = "export_dir" if values["format"] == "saved_model" else "output"
+        unused = "output" if needed == "export_dir" else "export_dir"
+        if values[needed] is None:
+            raise flags.ValidationError(f"--format={values['format']} needs --{needed}")
+        if values[unused] is not None:
+            raise flags.ValidationError(f"--{unused} does not apply to --format="
+                                        f"{values['format']}; pass --{needed}")
+        return True
+
+    flags.register_multi_flags_validator(["format", "export_dir", "output"], destination_given)
 
 
 def main(argv):
-    """Exports the model the flags name and prints the export folder."""
+    """Exports the model the flags name and prints the export folder or file."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
-    print(export(f.model, f.export_dir, overwrite=f.overwrite, decode_size=f.decode_size))
+    if f.format == "saved_model":
+        print(export(f.model, f.export_dir, overwrite=f.overwrite, decode_size=f.decode_size))
+        return
+    try:
+        print(export_file(f.model, f.output, f.format, overwrite=f.overwrite,
+                          decode_size=f.decode_size))
+    except MissingPackageError as e:  # a user error: one line with the pip command
+        raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":
