@@ -14,11 +14,14 @@ Columns: images/s (wall clock) and images per CPU-second of this, the trainer's,
 process: what scale-out buys is the trainer's CPU, freed for the train step (on a
 shared 2-core machine more workers cannot add cores). FER2013 (48x48 gray images) is read
 from $FER_TF_SHARED_DATA/fer2013 if present, else the demo data (112x112) is written to
---work_dir. Ends with ``ratio 2 workers / local: X.XX``.
+--work_dir. Then (``--train_updates`` > 0) training rows: `python -m fer_tf.train` on the
+demo data as 1 process and as 2 ``--distribute=multi_worker`` processes on loopback, the
+median of the loop's logged images/s. Ends with the ratio lines.
 """
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +44,8 @@ flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "fer_tf_scal
 flags.DEFINE_integer("num_images", 2000, "Images per pass.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("passes", 2, "Timed passes (after one warm-up pass).")
+flags.DEFINE_integer("train_updates", 60, "Updates of each training row (0: no training rows).")
+flags.DEFINE_integer("train_batch", 32, "Global batch of the training rows.")
 FLAGS = flags.FLAGS
 
 
@@ -139,16 +144,83 @@ def _service_rate(files, size, num_workers):
 
 
 # ---------------------------------------------------------------------------------------
-# Training rows: TO BE ADDED. Updates/s of `python -m fer_tf.train` with 1 and 2
-# multi-worker training processes (tf.distribute.MultiWorkerMirroredStrategy, each a
-# consumer of the same tf.data service job: distribute(..., job_name=...)). Return rows
-# (name, (images/s, images per CPU-second) or None, note); main() prints them in the table.
+# Training rows: `python -m fer_tf.train` on the demo data (tiny SE-ResNet, global batch
+# --train_batch) as 1 process and as 2 multi-worker processes on loopback
+# (--distribute=multi_worker, TF_CONFIG). The rate is the median of the loop's own
+# "images/s" log lines after the first (it excludes start-up, tracing and validation).
+
+
+def _free_ports(count):
+    import socket
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _train_args(workdir):
+    return ["--dataset=demo", f"--data_dir={FLAGS.work_dir}/demo", f"--workdir={workdir}",
+            "--backbone=tiny", "--random_init", "--image_size=64",
+            f"--batch_size={FLAGS.train_batch}", "--micro_batches=2",
+            f"--max_updates={FLAGS.train_updates}", f"--validate_every={FLAGS.train_updates}",
+            f"--checkpoint_every={FLAGS.train_updates}", "--log_every=10", "--class_weights=none"]
+
+
+def _logged_rate(log_text):
+    import re
+    import statistics
+    rates = [float(m) for m in re.findall(r"([0-9.]+) images/s ETA", log_text)]
+    if len(rates) < 2:
+        raise RuntimeError(f"no training rate in the log:\n{log_text[-2000:]}")
+    return statistics.median(rates[1:])
+
+
+def _train_rate(workers):
+    """Images/s of one training job with ``workers`` processes (1: no cluster)."""
+    import json
+    work = tempfile.mkdtemp(prefix="fer_tf_scale_train_")
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(workers)]
+    procs = []
+    try:
+        for index in range(workers):
+            env = dict(os.environ)
+            args = _train_args(os.path.join(work, "run"))
+            if workers > 1:
+                env["TF_CONFIG"] = json.dumps({"cluster": {"worker": addresses},
+                                               "task": {"type": "worker", "index": index}})
+                args.append("--distribute=multi_worker")
+            log = open(os.path.join(work, f"worker{index}.log"), "w")
+            procs.append((subprocess.Popen([sys.executable, "-m", "fer_tf.train"] + args,
+                                           cwd=str(REPO), env=env, stdout=log,
+                                           stderr=subprocess.STDOUT), log))
+        for proc, log in procs:
+            if proc.wait(timeout=1800) != 0:
+                raise RuntimeError(f"training failed; see {log.name}")
+        with open(os.path.join(work, "worker0.log")) as f:
+            return _logged_rate(f.read())
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def training_rows(files, size):
-    """Rows of training throughput with multi-worker processes (none yet, see above)."""
+    """Rows of training throughput with 1 process and 2 multi-worker processes."""
     del files, size
-    return []
+    if not FLAGS.train_updates:
+        return []
+    from fer_tf.data import demo
+    demo.write_demo_dataset(os.path.join(FLAGS.work_dir, "demo"))
+    one, two = _train_rate(1), _train_rate(2)
+    note = f"tiny SE-ResNet, demo 64x64, global batch {FLAGS.train_batch}"
+    return [("training, 1 process", (one, None), note),
+            ("training, 2 workers (loopback)", (two, None), note + ", 2 processes")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,6 +263,10 @@ def main(argv):
     print(f"ratio 1 worker / local: {one[0] / local[0]:.2f}")
     print(f"ratio 2 workers / 1 worker: {two[0] / one[0]:.2f}")
     print(f"ratio 2 workers / local: {two[0] / local[0]:.2f}")
+    trained = {label: rate for label, rate, _ in rows if label.startswith("training")}
+    if trained:
+        first, second = trained.values()
+        print(f"ratio training 2 workers / 1 process: {second[0] / first[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -229,8 +229,9 @@ def predict_video(predictor: FacePredictor, path, batch_size: int = 32, smooth_w
             classified = predictor.classify(frames, [boxes for boxes, _, _ in followed])
             for index, stamp, faces, (_, kinds, ids) in zip(indices, timestamps, classified,
                                                              followed):
-                rows += [FaceRow(source, int(index), float(stamp), k, box, probs, None, ids[k],
-                                 kinds[k]) for k, (box, probs) in enumerate(faces)]
+                rows += [FaceRow(source, int(index), float(stamp), k, box, probs,
+                                 track_id=ids[k], box_source=kinds[k])
+                         for k, (box, probs) in enumerate(faces)]
             num_frames += len(indices)
             bar.update(len(indices))
     finally:
