@@ -53,7 +53,8 @@ import tqdm
 from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
-from fer_tf import atomic, cli, inference, plots, pretrained, submission, temporal, tracking
+from fer_tf import atomic, cli, inference, pretrained, submission, temporal, tracking
+from fer_tf import plots as plots_lib
 from fer_tf import video as video_lib
 from fer_tf import model as model_lib
 from fer_tf.data import pipeline
@@ -380,7 +381,7 @@ def _video_timeline(result: VideoPrediction, names, title) -> bytes:
         times.append(row.timestamp)
         probs.append(row.smoothed_probabilities)
         labels.append(row.smoothed_label)
-    return plots.timeline_png({t: (a, np.stack(b), c) for t, (a, b, c) in tracks.items()},
+    return plots_lib.timeline_png({t: (a, np.stack(b), c) for t, (a, b, c) in tracks.items()},
                               names, title)
 
 
@@ -390,7 +391,7 @@ def write_plots(paths: dict, image_rows, results: dict, names) -> list:
     for key, path in paths.items():
         if key == "images":
             counts = np.bincount([r.label for r in image_rows], minlength=len(names))
-            data = plots.label_counts_png(counts, names, f"{len(image_rows)} faces in "
+            data = plots_lib.label_counts_png(counts, names, f"{len(image_rows)} faces in "
                                           f"{len({r.source for r in image_rows})} images")
         elif key in results and results[key].rows:
             data = _video_timeline(results[key], names, os.path.basename(key))

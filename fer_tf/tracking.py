@@ -102,10 +102,9 @@ class FlowBoxTracker:
 
     def step(self, gray: np.ndarray) -> List[Optional[Box]]:
         """Each box moved to ``gray`` (the next frame), or None where it was lost."""
-        moved = []
-        for box in self._boxes:
-            moved.append(None if box is None else self._move(box, gray))
-        self._gray, self._boxes = gray, moved
+        moved = [self._move(box, gray) for box in self._boxes]
+        # Lost boxes are not followed further (FaceFollower re-detects at once).
+        self._gray, self._boxes = gray, [box for box in moved if box is not None]
         return moved
 
     def _move(self, box: Box, gray: np.ndarray) -> Optional[Box]:
