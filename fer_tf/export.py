@@ -47,7 +47,7 @@ from typing import Callable, Dict, Optional, Sequence
 import tensorflow as tf
 from absl import app, flags, logging
 
-from fer_tf import atomic, classes, cli, inference, pretrained
+from fer_tf import atomic, classes, cli, fold_batch_norm, inference, pretrained
 from fer_tf import model as model_lib
 from fer_tf.data import pipeline
 
@@ -305,7 +305,8 @@ def export(model_path, export_dir, overwrite: bool = False,
     # Check the destination before the (slow) load so a mistake fails at once.
     _check_destination(os.path.abspath(os.fspath(export_dir)), overwrite, source)
     model = load_model(source)
-    return export_saved_model(model, export_dir, overwrite=overwrite,
+    # Served for inference only: BatchNorm folded into the convolutions (same outputs, faster).
+    return export_saved_model(fold_batch_norm.fold_batch_norms(model), export_dir, overwrite=overwrite,
                               class_names=model_lib.input_contract(model).class_names,
                               source=os.path.abspath(source),
                               decode_size=_decode_size(model, source, decode_size))

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from fer_tf import fold_batch_norm
 from fer_tf import model as model_lib
 from fer_tf import pretrained
 from fer_tf.classes import CLASS_NAMES
@@ -101,6 +102,8 @@ class Classifier:
 def _keras_fn(path: str):
     """(probabilities function, the model's InputContract)."""
     model = model_lib.load_expression_model(path)
+    contract = model_lib.input_contract(model)
+    model = fold_batch_norm.fold_batch_norms(model)  # inference only: same outputs, faster
 
     # One trace for every batch and crop size: the signature is fully dynamic.
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
@@ -108,7 +111,7 @@ def _keras_fn(path: str):
         logits = model(tf.cast(images, tf.float32), training=False)
         return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
-    return probabilities, model_lib.input_contract(model)
+    return probabilities, contract
 
 
 def _saved_model_fn(path: str) -> Callable:
