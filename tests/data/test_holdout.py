@@ -5,6 +5,7 @@ import hashlib
 import cv2
 import numpy as np
 import pytest
+from sklearn.model_selection import StratifiedGroupKFold
 
 from fer_tf.data import examples, holdout, sources
 
@@ -42,6 +43,35 @@ def test_identical_files_land_in_one_split(tmp_path):
     assert len(set(groups)) == 80
     train, val = holdout.split_indices(np.array(labels), groups, 0.2, seed=3)
     assert not set(groups[train]) & set(groups[val])
+
+
+def _sklearn_split(labels, groups, fraction, seed):
+    folds = StratifiedGroupKFold(n_splits=round(1 / fraction), shuffle=True, random_state=seed)
+    train, validation = next(folds.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(train), np.sort(validation)
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class")
+def test_carve_equals_scikit_learn_stratified_group_kfold_exactly():
+    """Many small random lists: duplicates, rare classes and exact ties in the greedy choice.
+
+    The carve follows scikit-learn 1.9's shuffle (the `dev` extra requires >= 1.9)."""
+    rng = np.random.default_rng(0)
+    compared = 0
+    for _ in range(100):
+        n = int(rng.integers(30, 300))
+        labels = rng.integers(0, int(rng.integers(2, 8)), n)
+        groups = rng.integers(0, int(rng.integers(15, n + 1)), n)
+        fraction, seed = float(rng.choice([0.1, 0.2, 0.25, 0.5])), int(rng.integers(0, 1000))
+        try:
+            expected = _sklearn_split(labels, groups, fraction, seed)
+        except ValueError:  # fewer groups or class members than folds
+            continue
+        got = holdout.split_indices(labels, groups, fraction, seed)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+        compared += 1
+    assert compared > 60
 
 
 def test_bad_fraction_is_refused():
