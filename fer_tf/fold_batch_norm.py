@@ -4,13 +4,13 @@ In inference a BatchNormalization after a convolution is an affine map per chann
 ``y = (x - mean) * gamma / sqrt(var + eps) + beta``, so it can be moved into the
 convolution's kernel and bias: ``W' = W * s``, ``b' = (b - mean) * s + beta`` with
 ``s = gamma / sqrt(var + eps)``. Keras runs the normalisation as separate element-wise
-passes over every activation map, and neither Keras nor TensorFlow's graph optimiser
-folds it while the statistics are variables, so the folded model is faster on CPU
-(the README's benchmarks table) and equal up to float32 rounding.
+passes over every activation map, and the graph TensorFlow runs keeps them (the folded
+model measured faster on CPU: the README's benchmarks table); it is equal up to float32
+rounding.
 
 `fold_batch_norms(model)` returns a new model for inference only: it has no
-BatchNormalization left where a fold was safe (a Conv2D whose only consumer is the
-BatchNormalization), and the same layer names otherwise. Training always uses the
+BatchNormalization left where a fold is exact (a linear Conv2D whose only reader is
+the BatchNormalization), and the same layer names otherwise. Training always uses the
 original model.
 """
 
@@ -56,12 +56,21 @@ def _conv_bn_pairs(model: keras.Model) -> dict:
     for layer in model.layers:
         if not isinstance(layer, layers.BatchNormalization) or len(inputs_of[layer.name]) != 1:
             continue
-        source = model.get_layer(inputs_of[layer.name][0])
-        # One consumer only: anything else reading the conv's output needs the unfolded values.
-        if (isinstance(source, layers.Conv2D) and consumers[source.name] == 1
-                and layer.axis in (-1, [-1], [3], 3) and source.data_format == "channels_last"):
-            pairs[source.name] = layer
+        if _foldable(model.get_layer(inputs_of[layer.name][0]), layer, consumers):
+            pairs[inputs_of[layer.name][0]] = layer
     return pairs
+
+
+def _foldable(conv, bn, consumers) -> bool:
+    """A plain linear Conv2D over channels-last maps whose only reader is ``bn``.
+
+    Anything else reading the conv's output needs the unfolded values; an activation
+    between the two is not affine; a Conv2D subclass would be rebuilt as a plain one.
+    """
+    return (type(conv) is layers.Conv2D  # pylint: disable=unidiomatic-typecheck
+            and conv.get_config()["activation"] == "linear"
+            and conv.data_format == "channels_last" and bn.axis in (-1, 3)
+            and consumers[conv.name] == 1)
 
 
 def _clone(model: keras.Model) -> keras.Model:

@@ -57,6 +57,18 @@ def test_conv_read_by_two_layers_is_not_folded():
     np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), rtol=1e-6, atol=1e-6)
 
 
+def test_conv_with_its_own_activation_is_not_folded():
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    outputs = layers.BatchNormalization(name="bn")(x)  # relu in between: not affine
+    model = keras.Model(inputs, outputs)
+    _randomise_batch_norms(model, np.random.default_rng(4))
+    folded = fold_batch_norm.fold_batch_norms(model)
+    assert fold_batch_norm.count_folds(folded) == 0
+    x = tf.random.stateless_normal((2, 8, 8, 3), seed=(5, 6))
+    np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_conv_bias_and_batch_norm_without_scale_fold_exactly():
     inputs = keras.Input((8, 8, 3))
     x = layers.Conv2D(5, 3, use_bias=True, bias_initializer="random_normal", name="conv")(inputs)
