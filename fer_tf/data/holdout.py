@@ -36,8 +36,9 @@ def split_indices(labels, groups, fraction: float = DEFAULT_FRACTION,
     ``StratifiedGroupKFold(n_splits=round(1 / fraction), shuffle=True, random_state=seed)``,
     computed here with the same arithmetic, bit for bit (tested against it), for two
     reasons: scikit-learn's loop takes about half a minute on FER2013's 28,709 images at
-    every training start, and its result changed between releases (1.9 fixed how the
-    shuffle maps back to groups), while the carve must name the same files on every
+    every training start, and its result with ``shuffle=True`` differs between releases
+    (scikit-learn PR 32540 fixed how the shuffled groups map back to examples; older
+    releases carve other files), while the carve must name the same files on every
     machine to keep a shipped model's selection reproducible.
 
     Args:
