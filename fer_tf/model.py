@@ -43,7 +43,8 @@ BACKBONES = {
     # Twice the depth at three quarters of the width: about the same cost as fer48_w32.
     "fer48_w24x2": BackboneSpec((2, 2, 2, 2), 24, 48, "3x3_pool"),
     "fer48_w16x2": BackboneSpec((2, 2, 2, 2), 16, 48, "3x3_pool"),
-    # The same depth at width 32 (3.9 M parameters, about 1.4 times the cost per image).
+    # The same depth at width 32 (3.9 M parameters, about 1.4 times the cost per image of
+    # fer48_w24x2).
     "fer48_w32x2": BackboneSpec((2, 2, 2, 2), 32, 48, "3x3_pool"),
     # SENet-50's own block layout at a quarter of its width (1.66 M parameters, about
     # 1.3 times the cost per image of fer48_w24x2).
