@@ -12,6 +12,7 @@ network and without a training workdir; its input contract travels inside it
 """
 
 import io
+import json
 import os
 import tempfile
 import zipfile
@@ -67,6 +68,23 @@ def describe(model: Optional[str]) -> str:
     return path
 
 
+def _float32_policies(node):
+    """A copy of a saved model config with every mixed-precision dtype policy made float32.
+
+    A model trained under mixed_bfloat16 keeps float32 variables, so only its compute
+    policy changes: bfloat16 is fast on CPUs with AVX-512 BF16 but emulated, and several
+    times slower, on most others, where a shipped model must run well.
+    """
+    if isinstance(node, list):
+        return [_float32_policies(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("class_name") == "DTypePolicy" and str(
+            node.get("config", {}).get("name", "")).startswith("mixed_"):
+        return {**node, "config": {**node["config"], "name": "float32"}}
+    return {key: _float32_policies(value) for key, value in node.items()}
+
+
 def save_compact(model, path):
     """Saves a `.keras` file whose conv and dense kernels are stored as float16.
 
@@ -75,13 +93,16 @@ def save_compact(model, path):
     (rank >= 2, nearly all parameters) are rounded to float16 (relative error at most
     2**-11); biases, BatchNorm parameters and statistics and every non-float32 array
     stay exact. Halves the file, which is what lets the shipped model stay small.
-    Written atomically.
+    A model trained in mixed precision is stored to compute in float32
+    (`_float32_policies`). Written atomically.
     """
     with tempfile.TemporaryDirectory() as tmp:
         full = os.path.join(tmp, "full.keras")
         model.save(full)
         with zipfile.ZipFile(full) as source:
             members = {name: source.read(name) for name in source.namelist()}
+    members["config.json"] = json.dumps(
+        _float32_policies(json.loads(members["config.json"]))).encode()
     weights = io.BytesIO(members["model.weights.h5"])
     compact = io.BytesIO()
     with h5py.File(weights, "r") as src, h5py.File(compact, "w") as dst:

@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 
+import keras
 import numpy as np
 import pytest
 
@@ -64,6 +65,23 @@ def test_compact_save_rounds_only_kernels(tmp_path):
         else:
             np.testing.assert_array_equal(b.numpy(), a.numpy())
     assert model_lib.input_contract(compact).decode_size == 48
+
+
+def test_a_model_trained_in_bfloat16_ships_computing_in_float32(tmp_path):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = model_lib.build_expression_model("tiny", decode_size=48)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.get_layer("backbone").compute_dtype == "bfloat16"
+    pretrained.save_compact(model, tmp_path / "c.keras")
+    compact = model_lib.load_expression_model(tmp_path / "c.keras")
+    assert {layer.compute_dtype for layer in compact.get_layer("backbone").layers} == {"float32"}
+    images = _faces().astype("float32")
+    # bfloat16 keeps 8 significant bits: its logits differ from float32's by about 1%.
+    np.testing.assert_allclose(compact.predict(images, verbose=0),
+                               model.predict(images, verbose=0), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("name", SMILING_SINGLE_FACES)
