@@ -664,6 +664,32 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def cpu_has_native_bfloat16(cpuinfo: str) -> Optional[bool]:
+    """Whether a Linux ``/proc/cpuinfo`` text lists a bfloat16 instruction set
+    (AVX-512 BF16 or AMX-BF16); None when it lists no CPU flags at all."""
+    flag_lines = [line for line in cpuinfo.splitlines() if line.startswith("flags")]
+    if not flag_lines:
+        return None
+    cpu_flags = set(flag_lines[0].partition(":")[2].split())
+    return bool(cpu_flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _warn_if_bfloat16_is_emulated(precision: str):
+    # oneDNN emulates bfloat16 on CPUs without these instructions: several times slower
+    # than float32, a trap for a config measured on a CPU that has them.
+    if precision != "mixed_bfloat16" or tf.config.list_physical_devices("GPU"):
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            native = cpu_has_native_bfloat16(f.read())
+    except OSError:
+        return
+    if native is False:
+        logging.warning("--precision=mixed_bfloat16 on a CPU without AVX-512 BF16 or AMX: "
+                        "bfloat16 is emulated here and trains several times slower than "
+                        "--precision=float32")
+
+
 def build_model(config: TrainConfig) -> keras.Model:
     """The expression model of a config (call inside the strategy scope and policy)."""
     options = {"shift": config.aug_shift, "scale": config.aug_scale,
@@ -699,6 +725,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
     config.validate(strategy.num_replicas_in_sync)
     logging.info("fer_tf training: %s, %d replica(s), precision %s%s", config.backbone,
                  strategy.num_replicas_in_sync, config.precision, ", XLA" if config.xla else "")
+    _warn_if_bfloat16_is_emulated(config.precision)
     keras.utils.set_random_seed(config.seed)
     data = data or make_loop_data(config)
     previous_policy = keras.config.dtype_policy()
