@@ -7,6 +7,7 @@ bounds every wait by a timeout and kills whatever is left in a ``finally``.
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,22 +150,33 @@ def test_config_needs_tf_config_and_a_positive_timeout(monkeypatch):
 
 @pytest.mark.slow
 def test_two_workers_equal_one_process(tmp_path):
-    """Two workers (global batch 8, micro_batches=2: one micro-batch of 4 each) end with
-    the weights of one process running both micro-batches of the same batches, over 6
-    updates crossing an epoch. Tolerance, relative (L2 norm per tensor): trainable weights
-    1e-5, momentum buffers 3e-5. Float32: the two micro-batches' gradients and the global
-    weight sum are added by an all-reduce instead of in the process's loop, a different
-    summation order (about 1e-7 at the first update), and training from scratch at lr
-    0.05 through BatchNorm amplifies it update after update (measured after 6: weights
-    3.5e-6, momentum 9.5e-6); a real difference (other images, another loss scale) is
-    orders of magnitude larger. BatchNorm moving statistics are not compared (each worker
-    updates its own from its own micro-batch, as under `mirrored`), nor the best score
-    they lead to. Only the chief writes the workdir; the other worker's temporary folder
-    is gone."""
+    """From one checkpoint (4 updates of one process), two workers (global batch 8,
+    micro_batches=2: one micro-batch of 4 each) and one process running both micro-batches
+    resume for updates 5 and 6, the last batch of epoch 0 and the first of epoch 1 (40
+    images): they end with the same weights. Tolerance, relative (L2 norm per tensor):
+    trainable weights 1e-5, momentum buffers 3e-5. Float32: the workers add the two
+    micro-batches' gradients and the global weight sum by an all-reduce, in other kernels
+    than the process's loop (about 1e-8 after one update). A shared start, not 6 updates
+    from scratch: training from scratch at lr 0.05 through BatchNorm over 4 images
+    amplifies such rounding chaotically (one process with oneDNN on against off: 2e-5
+    after 4 updates, 5e-3 after 5), which no tolerance separates from a real difference
+    (other images, another loss scale: a momentum difference of 1e-2 and more at once).
+    BatchNorm moving statistics are not compared (each worker updates its own from its
+    own micro-batch, as under `mirrored`), nor the best score they lead to. Only the chief
+    writes the workdir; the other worker's temporary folder is gone."""
     # A long collective timeout: the first update's tracing may take one process much
     # longer than the other here, and nothing is killed.
-    common = _common(tmp_path) + ["--max_updates=6", "--checkpoint_every=3",
-                                  "--validate_every=3", "--collective_timeout=120"]
+    common = _common(tmp_path) + ["--checkpoint_every=2", "--validate_every=3",
+                                  "--collective_timeout=120"]
+    first = _start(common + ["--max_updates=4", f"--workdir={tmp_path}/start"], tmp_path,
+                   "start.log")
+    try:
+        assert _wait([first]) == [0], _log(first)
+    finally:
+        _kill([first])
+    for name in ("single", "multi"):
+        shutil.copytree(tmp_path / "start", tmp_path / name)
+    common.append("--max_updates=6")
     single = _start(common + [f"--workdir={tmp_path}/single"], tmp_path, "single.log")
     workers = _start_workers(common + [f"--workdir={tmp_path}/multi",
                                        "--distribute=multi_worker"], tmp_path, "multi")
@@ -174,6 +186,9 @@ def test_two_workers_equal_one_process(tmp_path):
         _kill([single] + workers)
     assert codes == [0, 0, 0], "\n".join(_log(p) for p in [single] + workers)
     assert "2 replica(s)" in _log(workers[0], tail=10**6)
+    for proc, name in zip([single] + workers, ["single", "multi", "multi"]):
+        assert f"Resumed from {tmp_path / name / 'checkpoints' / 'ckpt-4'} at update 4" in \
+            _log(proc, tail=10**6)
 
     name_single, single_tensors = _checkpoint_tensors(tmp_path / "single")
     name_multi, multi_tensors = _checkpoint_tensors(tmp_path / "multi")
@@ -201,7 +216,8 @@ def test_two_workers_equal_one_process(tmp_path):
     written = sorted(p.name for p in (tmp_path / "multi").iterdir())
     assert [n for n in written if not n.startswith("events.out")] == [
         "best_model.keras", "checkpoints", "flags.txt", "result.json"]
-    assert len([n for n in written if n.startswith("events.out")]) == 1  # the chief's
+    events = [n for n in written if n.startswith("events.out")]
+    assert len(events) == 2, events  # the first run's and the chief's
     assert not list((tmp_path / "tmp").iterdir())  # the non-chief's folder is removed
 
 
