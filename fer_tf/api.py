@@ -30,13 +30,16 @@ class ExpressionRecognizer:
       flip_average: average each face's probabilities with its mirror image's.
       min_face_size: smallest face side (pixels) the detector looks for.
       margin: crop enlargement per side; None is the model's own.
+      precision: "auto" (bfloat16 where the CPU has it natively), "float32" or
+        "bfloat16"; the loaded choice is ``classifier.precision``.
     """
 
     def __init__(self, model: Optional[str] = None, detect_faces: bool = True,
                  flip_average: bool = False, min_face_size: int = 20,
-                 margin: Optional[float] = None):
+                 margin: Optional[float] = None, precision: str = "auto"):
         logging.info("fer_tf: model %s", pretrained.describe(model))
-        self.classifier = inference.load_classifier(model, flip_average=flip_average)
+        self.classifier = inference.load_classifier(model, flip_average=flip_average,
+                                                    precision=precision)
         detector = faces_lib.FaceDetector(min_face_size=min_face_size) if detect_faces else None
         self._predictor = predict_lib.FacePredictor(self.classifier, detector, margin)
 

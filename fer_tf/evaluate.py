@@ -30,7 +30,7 @@ from typing import Dict, Optional
 import numpy as np
 from absl import app, flags, logging
 
-from fer_tf import atomic, cli, inference, metrics, plots, pretrained, temporal
+from fer_tf import atomic, cli, compute_precision, inference, metrics, plots, pretrained, temporal
 from fer_tf.data import examples, pipeline, records, sources
 
 REPORT_FILE = "evaluation.json"
@@ -234,7 +234,7 @@ def write_report(result: Dict, output_dir: str, extra: Optional[Dict] = None) ->
 def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "validation",
              smooth_window: int = 1, output_dir: Optional[str] = None, batch_size: int = 64,
              input_size: Optional[int] = None, flip_average: bool = False,
-             overwrite: bool = False, **source_options) -> Dict:
+             overwrite: bool = False, precision: str = "auto", **source_options) -> Dict:
     """Loads a model and a split, scores it, prints the tables and writes the report.
 
     Args:
@@ -248,6 +248,7 @@ def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "va
         training run's, else 112).
       flip_average: average each image's probabilities with its mirror image's.
       overwrite: replace report files already in ``output_dir``.
+      precision: "auto", "float32" or "bfloat16" (`fer_tf.inference.load_classifier`).
 
     Returns:
       The result of `evaluate_source` plus the run's description.
@@ -262,7 +263,9 @@ def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "va
             output_dir, REPORT_FILES, [pretrained.resolve(model)] + str(data_dir).split(","),
             overwrite)
     classifier = inference.load_classifier(model, batch_size=batch_size, input_size=input_size,
-                                           flip_average=flip_average)
+                                           flip_average=flip_average, precision=precision)
+    logging.info("fer_tf.evaluate: computing in %s",
+                 compute_precision.describe(classifier.precision))
     if records.is_records(dataset):
         source = records.load_split(dataset, data_dir, split, **source_options)
     else:
@@ -271,7 +274,8 @@ def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "va
     result = evaluate_source(classifier, source, smooth_window, batch_size)
     print(format_tables(result))
     extra = {"model": classifier.path, "dataset": dataset, "data_dir": os.fspath(data_dir),
-             "split": split, "input_size": classifier.input_size, "flip_average": flip_average}
+             "split": split, "input_size": classifier.input_size, "flip_average": flip_average,
+             "precision": classifier.precision}
     result.update(extra)
     if output_dir:
         write_report(result, output_dir)
@@ -299,6 +303,8 @@ def define_flags():
     flags.DEFINE_bool("flip_average", False, "Average each image's probabilities with its "
                       "mirror image's (test-time augmentation, twice the compute).")
     flags.DEFINE_bool("overwrite", False, "Replace report files already in --output_dir.")
+    flags.DEFINE_enum("precision", "auto", compute_precision.PRECISIONS, "Network arithmetic: auto (bfloat16 on CPUs with AVX-512 BF16 or AMX, "
+                      "else float32), float32 or bfloat16 (.keras models).")
     flags.mark_flags_as_required(["dataset", "data_dir"])
 
 
@@ -308,7 +314,7 @@ def main(argv):
     options = {"keep_other": True} if FLAGS.keep_other else {}
     evaluate(FLAGS.model, FLAGS.dataset, FLAGS.data_dir, FLAGS.split, FLAGS.smooth_window,
              FLAGS.output_dir, FLAGS.batch_size, FLAGS.input_size, FLAGS.flip_average,
-             FLAGS.overwrite, **options)
+             FLAGS.overwrite, FLAGS.precision, **options)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from fer_tf import fold_batch_norm
+from fer_tf import compute_precision, fold_batch_norm
 from fer_tf import model as model_lib
 from fer_tf import pretrained
 from fer_tf.classes import CLASS_NAMES
@@ -48,11 +48,13 @@ class Classifier:
         when the model does not say).
       flip_average: average each image's probabilities with its mirror image's
         (test-time augmentation; twice the compute).
+      precision: what the network computes in, "float32" or "bfloat16"
+        (`fer_tf.compute_precision`).
     """
 
     def __init__(self, probabilities_fn: Callable, input_size: int, path: str, kind: str,
                  batch_size: int = 32, class_names=CLASS_NAMES, crop_margin: Optional[float] = None,
-                 flip_average: bool = False):
+                 flip_average: bool = False, precision: str = "float32"):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._fn = probabilities_fn
@@ -63,6 +65,7 @@ class Classifier:
         self.class_names = tuple(class_names)
         self.crop_margin = crop_margin
         self.flip_average = bool(flip_average)
+        self.precision = precision
 
     def predict_probabilities(self, images) -> np.ndarray:
         """Class probabilities of a batch of images.
@@ -96,13 +99,16 @@ class Classifier:
         return np.concatenate(chunks)
 
     def __repr__(self):
-        return f"Classifier(kind={self.kind!r}, path={self.path!r}, input_size={self.input_size})"
+        return (f"Classifier(kind={self.kind!r}, path={self.path!r}, "
+                f"input_size={self.input_size}, precision={self.precision!r})")
 
 
-def _keras_fn(path: str):
-    """(probabilities function, the model's InputContract)."""
+def _keras_fn(path: str, precision: str):
+    """(probabilities function, the model's InputContract); precision "float32" or "bfloat16"."""
     model = model_lib.load_expression_model(path)
     contract = model_lib.input_contract(model)
+    if precision == "bfloat16":
+        model = compute_precision.backbone_in_bfloat16(model)
     model = fold_batch_norm.fold_batch_norms(model)  # inference only: same outputs, faster
 
     # One trace for every batch and crop size: the signature is fully dynamic.
@@ -147,7 +153,7 @@ def workdir_input_size(workdir: str) -> Optional[int]:
 
 
 def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] = None,
-                    flip_average: bool = False) -> Classifier:
+                    flip_average: bool = False, precision: str = "auto") -> Classifier:
     """Loads a classifier: the shipped model, a training workdir, a .keras file or a SavedModel.
 
     Args:
@@ -159,6 +165,10 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
       input_size: crop side to feed; None takes the model file's own decode size,
         else the workdir's recorded one, else `DEFAULT_INPUT_SIZE` (112).
       flip_average: average with the mirror image's probabilities.
+      precision: "float32", "bfloat16" (the backbone computes in bfloat16; .keras
+        models only) or "auto": bfloat16 where the CPU has it natively
+        (`fer_tf.compute_precision.resolve`) for a .keras model, a SavedModel as
+        exported.
 
     Returns:
       A `Classifier`.
@@ -166,8 +176,10 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
     Raises:
       FileNotFoundError: nothing loadable at `path` (the message lists what was
         looked for).
-      ValueError: a SavedModel without the expected signature.
+      ValueError: a SavedModel without the expected signature, an unknown precision,
+        or bfloat16 asked of a SavedModel.
     """
+    chosen = compute_precision.resolve(precision)
     path = pretrained.resolve(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -179,16 +191,19 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
         if not path.endswith(".keras"):
             raise ValueError(f"model file {path!r} is not a .keras file; pass a .keras file, a "
                              "training workdir or a SavedModel directory")
-        (fn, contract), kind = _keras_fn(path), "keras"
+        (fn, contract), kind = _keras_fn(path, chosen), "keras"
     else:
         saved = model_lib.saved_model_dir(path)
         if saved is not None:
-            fn, kind, path = _saved_model_fn(saved), "saved_model", saved
+            if precision == "bfloat16":
+                raise ValueError(f"precision bfloat16 applies to .keras models; the SavedModel "
+                                 f"{saved} computes as exported (float32): drop the precision")
+            fn, kind, path, chosen = _saved_model_fn(saved), "saved_model", saved, "float32"
         elif os.path.isfile(os.path.join(path, model_lib.BEST_MODEL_FILE)):
             if size is None:
                 size = workdir_input_size(path)
             path = model_lib.resolve_model_file(path)
-            (fn, contract), kind = _keras_fn(path), "keras"
+            (fn, contract), kind = _keras_fn(path, chosen), "keras"
         else:
             raise FileNotFoundError(
                 f"{path!r} holds neither {model_lib.BEST_MODEL_FILE} (a training workdir) nor {model_lib.SAVED_MODEL_FILE} "
@@ -199,4 +214,4 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
         size = input_size or contract.decode_size or size
         known = {"class_names": contract.class_names, "crop_margin": contract.crop_margin}
     return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size,
-                      flip_average=flip_average, **known)
+                      flip_average=flip_average, precision=chosen, **known)

@@ -53,7 +53,8 @@ import tqdm
 from absl import app, flags, logging
 
 from fer_tf import faces as faces_lib
-from fer_tf import atomic, cli, inference, pretrained, submission, temporal, tracking
+from fer_tf import atomic, cli, compute_precision, inference, pretrained, submission
+from fer_tf import temporal, tracking
 from fer_tf import plots as plots_lib
 from fer_tf import video as video_lib
 from fer_tf import model as model_lib
@@ -491,7 +492,8 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
             margin: Optional[float] = None, min_face_size: int = 20, progress: bool = True,
             classifier=None, detector=None, flip_average: bool = False,
             overwrite: bool = False, detect_every: int = DEFAULT_DETECT_EVERY,
-            track_gap: int = DEFAULT_TRACK_GAP, plots: bool = True) -> dict:
+            track_gap: int = DEFAULT_TRACK_GAP, plots: bool = True,
+            precision: str = "auto") -> dict:
     """Runs prediction on an image, a video or a folder and writes the requested outputs.
 
     Args:
@@ -517,6 +519,7 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
       track_gap: videos: frames a face may go unseen and keep its track id.
       plots: with ``output``, also write a timeline PNG per video and a label-count
         chart of the images beside it (`plot_paths`).
+      precision: "auto", "float32" or "bfloat16" (`fer_tf.inference.load_classifier`).
 
     Returns:
       dict(rows, num_images, num_videos, num_faces, failed (list of (path, reason)),
@@ -544,7 +547,9 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
     if classifier is None:
         logging.info("fer_tf.predict: model %s", pretrained.describe(model))
         classifier = inference.load_classifier(model, batch_size=batch_size,
-                                               flip_average=flip_average)
+                                               flip_average=flip_average, precision=precision)
+        logging.info("fer_tf.predict: computing in %s",
+                     compute_precision.describe(classifier.precision))
     if detector is None and faces == "detect":
         detector = faces_lib.FaceDetector(min_face_size=min_face_size)
     predictor = FacePredictor(classifier, detector if faces == "detect" else None, margin)
@@ -607,6 +612,8 @@ def define_flags():
                       "the model).")
     flags.DEFINE_bool("flip_average", False, "Average each face's probabilities with its "
                       "mirror image's (test-time augmentation, twice the compute).")
+    flags.DEFINE_enum("precision", "auto", compute_precision.PRECISIONS, "Network arithmetic: auto (bfloat16 on CPUs with AVX-512 BF16 or AMX, "
+                      "else float32), float32 or bfloat16 (.keras models).")
     flags.DEFINE_integer("min_face_size", 20, "Smallest face side (pixels) searched for.")
     flags.DEFINE_integer("detect_every", DEFAULT_DETECT_EVERY, "Videos: run the face "
                          "detector every N frames and move the boxes with optical flow in "
@@ -627,7 +634,7 @@ def main(argv):
                       FLAGS.batch_size, FLAGS.margin, FLAGS.min_face_size,
                       flip_average=FLAGS.flip_average, overwrite=FLAGS.overwrite,
                       detect_every=FLAGS.detect_every, track_gap=FLAGS.track_gap,
-                      plots=FLAGS.plots)
+                      plots=FLAGS.plots, precision=FLAGS.precision)
     if not FLAGS.output:
         sys.stdout.write(rows_to_csv(summary["rows"], summary["class_names"]))
     logging.info("%d images, %d videos, %d faces, %d inputs without a face, %d inputs skipped; "

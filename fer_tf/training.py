@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fer_tf import atomic, optim
+from fer_tf import atomic, compute_precision, optim
 from fer_tf import model as model_lib
 from fer_tf import validation as validation_lib
 from fer_tf.classes import CLASS_NAMES
@@ -664,27 +664,12 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def cpu_has_native_bfloat16(cpuinfo: str) -> Optional[bool]:
-    """Whether a Linux ``/proc/cpuinfo`` text lists a bfloat16 instruction set
-    (AVX-512 BF16 or AMX-BF16); None when it lists no CPU flags at all."""
-    flag_lines = [line for line in cpuinfo.splitlines() if line.startswith("flags")]
-    if not flag_lines:
-        return None
-    cpu_flags = set(flag_lines[0].partition(":")[2].split())
-    return bool(cpu_flags & {"avx512_bf16", "amx_bf16"})
-
-
 def _warn_if_bfloat16_is_emulated(precision: str):
     # oneDNN emulates bfloat16 on CPUs without these instructions: several times slower
     # than float32, a trap for a config measured on a CPU that has them.
     if precision != "mixed_bfloat16" or tf.config.list_physical_devices("GPU"):
         return
-    try:
-        with open("/proc/cpuinfo") as f:
-            native = cpu_has_native_bfloat16(f.read())
-    except OSError:
-        return
-    if native is False:
+    if compute_precision.this_cpu_has_native_bfloat16() is False:
         logging.warning("--precision=mixed_bfloat16 on a CPU without AVX-512 BF16 or AMX: "
                         "bfloat16 is emulated here and trains several times slower than "
                         "--precision=float32")

@@ -1,4 +1,8 @@
-"""load_classifier: .keras file, training workdir, SavedModel; batched probabilities."""
+"""load_classifier: .keras file, training workdir, SavedModel; batched probabilities.
+
+The comparisons with the Keras model's own float32 outputs load with precision="float32":
+on CPUs with native bfloat16 the default ("auto") computes the backbone in bfloat16
+(tests/test_compute_precision.py checks that path)."""
 
 
 import keras
@@ -29,7 +33,7 @@ def _reference(model, images):
 
 def test_keras_file_probabilities_match_model_and_are_batched(tiny_model_file):
     path, model = tiny_model_file
-    classifier = inference.load_classifier(path, batch_size=3)
+    classifier = inference.load_classifier(path, batch_size=3, precision="float32")
     assert classifier.kind == "keras" and classifier.input_size == inference.DEFAULT_INPUT_SIZE
     images = _images(7)
     probs = classifier.predict_probabilities(images)
@@ -46,7 +50,7 @@ def test_workdir_reads_best_model_and_image_size(tiny_model_file, tmp_path):
     assert inference.load_classifier(tmp_path).input_size == 112
     # The run's flagfile (as fer_tf.train writes it) gives the decode size.
     (tmp_path / "flags.txt").write_text("# relaunch\n--workdir=/x\n--image_size=96\n")
-    classifier = inference.load_classifier(tmp_path)
+    classifier = inference.load_classifier(tmp_path, precision="float32")
     assert classifier.input_size == 96 and classifier.path.endswith("best_model.keras")
     images = _images(2, size=96)
     np.testing.assert_allclose(classifier.predict_probabilities(images), _reference(model, images),
@@ -118,7 +122,8 @@ def test_a_copied_model_file_keeps_its_contract_and_probabilities(contract_model
 def test_flip_average_is_the_mean_of_image_and_mirror(contract_model_file):
     path, model = contract_model_file
     images = _images(4, size=48, seed=3)
-    averaged = inference.load_classifier(path, flip_average=True).predict_probabilities(images)
+    averaged = inference.load_classifier(path, flip_average=True,
+                                      precision="float32").predict_probabilities(images)
     expected = (_reference(model, images) + _reference(model, images[:, :, ::-1])) / 2
     np.testing.assert_allclose(averaged, expected, rtol=1e-5, atol=1e-6)
     plain = inference.load_classifier(path).predict_probabilities(images)

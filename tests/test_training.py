@@ -425,17 +425,3 @@ def test_xla_step_matches():
     change, loss, _ = _one_update_change("float32", xla=True)
     assert _rel(change, ref) <= 1e-5  # float32, fused XLA kernels reorder sums
     assert loss == pytest.approx(ref_loss, rel=1e-5)
-
-
-_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 {}\nbogomips\t: 4792.81\n"
-
-
-@pytest.mark.parametrize("extra_flags, native", [
-    ("avx512f avx512_bf16 avx512_vnni", True), ("amx_tile amx_bf16", True),
-    ("avx512f avx512_vnni", False)])
-def test_native_bfloat16_is_read_from_cpu_flags(extra_flags, native):
-    assert training.cpu_has_native_bfloat16(_CPUINFO.format(extra_flags)) is native
-
-
-def test_native_bfloat16_is_unknown_without_flags():
-    assert training.cpu_has_native_bfloat16("processor\t: 0\nCPU implementer\t: 0x41\n") is None

@@ -1,0 +1,87 @@
+"""Which floating-point type a model computes in, and whether this CPU has bfloat16.
+
+CPUs with AVX-512 BF16 or AMX-BF16 multiply bfloat16 natively: there a network
+computing in bfloat16 (weights kept in float32, as Keras's ``mixed_bfloat16`` policy
+does) runs markedly faster than in float32 (the README's benchmark tables). Elsewhere
+oneDNN emulates bfloat16 and it is several times slower, so inference picks it only
+where it is native ("auto"), the way OpenVINO's CPU plugin does.
+
+Only the backbone computes in bfloat16: the preprocessing (resize, grayscale of uint8
+pixels) and the classifier head stay float32, and probabilities are float32.
+"""
+
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+_CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_has_native_bfloat16(cpuinfo: str) -> Optional[bool]:
+    """Whether a Linux ``/proc/cpuinfo`` text lists a bfloat16 instruction set
+    (AVX-512 BF16 or AMX-BF16); None when it lists no CPU flags at all."""
+    flag_lines = [line for line in cpuinfo.splitlines() if line.startswith("flags")]
+    if not flag_lines:
+        return None
+    cpu_flags = set(flag_lines[0].partition(":")[2].split())
+    return bool(cpu_flags & {"avx512_bf16", "amx_bf16"})
+
+
+def this_cpu_has_native_bfloat16() -> Optional[bool]:
+    """`cpu_has_native_bfloat16` of this machine; None where /proc/cpuinfo is missing."""
+    try:
+        with open(_CPUINFO) as f:
+            return cpu_has_native_bfloat16(f.read())
+    except OSError:
+        return None
+
+
+def resolve(precision: str) -> str:
+    """"float32" or "bfloat16" for a precision of `PRECISIONS`.
+
+    "auto" is bfloat16 on a CPU-only machine whose CPU has native bfloat16, float32
+    anywhere else (GPUs, other CPUs, unknown CPUs).
+
+    Raises:
+      ValueError: a precision not in `PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if tf.config.list_physical_devices("GPU"):
+        return "float32"
+    return "bfloat16" if this_cpu_has_native_bfloat16() else "float32"
+
+
+def describe(precision: str) -> str:
+    """A log phrase for a resolved precision."""
+    if precision == "bfloat16":
+        return "bfloat16 backbone (native on this CPU; --precision=float32 for float32)"
+    return "float32"
+
+
+def _with_policy(layer, policy: str):
+    config = layer.get_config()
+    config["dtype"] = policy
+    return layer.__class__.from_config(config)
+
+
+def backbone_in_bfloat16(model: keras.Model) -> keras.Model:
+    """A copy of a functional model whose nested models (the backbone) compute in bfloat16.
+
+    The copy's variables are float32 and equal to ``model``'s; the top-level layers
+    (input, preprocessing, head) keep their own dtype policies. Build it before
+    `fer_tf.fold_batch_norm.fold_batch_norms`, which keeps each layer's policy.
+    """
+    def clone_layer(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(
+                layer, clone_function=lambda inner: _with_policy(inner, "mixed_bfloat16"))
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone_layer)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -1,0 +1,104 @@
+"""bfloat16 inference: where "auto" picks it, what computes in it, how close it stays."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fer_tf import compute_precision, inference, model as model_lib
+
+_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 {}\nbogomips\t: 4792.81\n"
+
+
+@pytest.mark.parametrize("extra_flags, native", [
+    ("avx512f avx512_bf16 avx512_vnni", True), ("amx_tile amx_bf16", True),
+    ("avx512f avx512_vnni", False)])
+def test_native_bfloat16_is_read_from_cpu_flags(extra_flags, native):
+    assert compute_precision.cpu_has_native_bfloat16(_CPUINFO.format(extra_flags)) is native
+
+
+def test_native_bfloat16_is_unknown_without_flags():
+    assert compute_precision.cpu_has_native_bfloat16("processor\t: 0\nCPU implementer\t: 0x41\n") is None
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="auto is float32 on GPUs")
+@pytest.mark.parametrize("extra_flags, expected", [
+    ("avx512f avx512_bf16", "bfloat16"), ("avx512f avx512_vnni", "float32")])
+def test_auto_follows_the_cpu_flags(tmp_path, monkeypatch, extra_flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_CPUINFO.format(extra_flags))
+    monkeypatch.setattr(compute_precision, "_CPUINFO", str(cpuinfo))
+    assert compute_precision.resolve("auto") == expected
+    monkeypatch.setattr(compute_precision, "_CPUINFO", str(tmp_path / "missing"))
+    assert compute_precision.resolve("auto") == "float32"
+
+
+def test_explicit_precisions_pass_and_others_fail():
+    assert compute_precision.resolve("float32") == "float32"
+    assert compute_precision.resolve("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="float16.*auto, float32, bfloat16"):
+        compute_precision.resolve("float16")
+
+
+@pytest.fixture(scope="module")
+def fer48_model_file(tmp_path_factory):
+    keras.utils.set_random_seed(5)
+    model = model_lib.build_expression_model("fer48_w16", decode_size=48, grayscale=True,
+                                             crop_margin=0.0)
+    path = tmp_path_factory.mktemp("bf16") / "fer48.keras"
+    model.save(path)
+    return path, model
+
+
+def test_only_the_backbone_computes_in_bfloat16(fer48_model_file):
+    _, model = fer48_model_file
+    copy = compute_precision.backbone_in_bfloat16(model)
+    backbone = copy.get_layer("backbone")
+    convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]
+    computing = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in computing)
+    for name in ("preprocessing", "head"):
+        assert copy.get_layer(name).compute_dtype == "float32"
+    assert all(v.dtype == "float32" for v in copy.weights)
+    for original, copied in zip(model.weights, copy.weights):
+        np.testing.assert_array_equal(original.numpy(), copied.numpy())
+    images = tf.constant(np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3)), tf.float32)
+    assert copy(images, training=False).dtype == tf.float32
+
+
+def _fer2013_faces(fer2013_dir, count=64):
+    """Real 48x48 faces (FER2013 PublicTest, the happy folder)."""
+    import cv2  # pylint: disable=import-outside-toplevel
+    folder = os.path.join(fer2013_dir, "test", "happy")
+    names = sorted(os.listdir(folder))[:count]
+    return np.stack([cv2.cvtColor(cv2.imread(os.path.join(folder, n)), cv2.COLOR_BGR2RGB)
+                     for n in names])
+
+
+def test_shipped_model_in_bfloat16_stays_close_on_real_faces(fer2013_dir):
+    faces = _fer2013_faces(fer2013_dir)
+    exact = inference.load_classifier(None, precision="float32")
+    fast = inference.load_classifier(None, precision="bfloat16")
+    assert (exact.precision, fast.precision) == ("float32", "bfloat16")
+    p32, p16 = exact.predict_probabilities(faces), fast.predict_probabilities(faces)
+    # bfloat16 keeps 8 significant bits: probabilities move by a few hundredths at most
+    # (tolerance 0.05), and nearly every face keeps its label.
+    assert np.abs(p32 - p16).max() < 0.05
+    assert np.mean(p32.argmax(1) == p16.argmax(1)) >= 0.95
+    assert np.abs(p32 - p16).max() > 0  # it did compute differently
+
+
+def test_bfloat16_is_refused_for_a_saved_model(tmp_path):
+    module = tf.Module()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def predict_images(images):
+        return {"probabilities": tf.ones([tf.shape(images)[0], 7]) / 7}
+
+    tf.saved_model.save(module, str(tmp_path / "export"), signatures={"predict_images": predict_images})
+    with pytest.raises(ValueError, match="bfloat16 applies to .keras models"):
+        inference.load_classifier(tmp_path / "export", precision="bfloat16")
+    assert inference.load_classifier(tmp_path / "export").precision == "float32"
+
