@@ -16,6 +16,9 @@ import keras
 import tensorflow as tf
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+# The --precision help of the entry points that load a model (predict, evaluate).
+FLAG_HELP = ("Network arithmetic: auto (bfloat16 on CPUs with AVX-512 BF16 or AMX, else "
+             "float32), float32 or bfloat16 (.keras models).")
 _CPUINFO = "/proc/cpuinfo"
 
 
@@ -54,13 +57,6 @@ def resolve(precision: str) -> str:
     if tf.config.list_physical_devices("GPU"):
         return "float32"
     return "bfloat16" if this_cpu_has_native_bfloat16() else "float32"
-
-
-def describe(precision: str) -> str:
-    """A log phrase for a resolved precision."""
-    if precision == "bfloat16":
-        return "bfloat16 backbone (native on this CPU; --precision=float32 for float32)"
-    return "float32"
 
 
 def _with_policy(layer, policy: str):

@@ -264,8 +264,6 @@ def evaluate(model: Optional[str], dataset: str, data_dir: str, split: str = "va
             overwrite)
     classifier = inference.load_classifier(model, batch_size=batch_size, input_size=input_size,
                                            flip_average=flip_average, precision=precision)
-    logging.info("fer_tf.evaluate: computing in %s",
-                 compute_precision.describe(classifier.precision))
     if records.is_records(dataset):
         source = records.load_split(dataset, data_dir, split, **source_options)
     else:
@@ -303,8 +301,8 @@ def define_flags():
     flags.DEFINE_bool("flip_average", False, "Average each image's probabilities with its "
                       "mirror image's (test-time augmentation, twice the compute).")
     flags.DEFINE_bool("overwrite", False, "Replace report files already in --output_dir.")
-    flags.DEFINE_enum("precision", "auto", compute_precision.PRECISIONS, "Network arithmetic: auto (bfloat16 on CPUs with AVX-512 BF16 or AMX, "
-                      "else float32), float32 or bfloat16 (.keras models).")
+    flags.DEFINE_enum("precision", "auto", compute_precision.PRECISIONS,
+                      compute_precision.FLAG_HELP)
     flags.mark_flags_as_required(["dataset", "data_dir"])
 
 

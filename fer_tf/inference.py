@@ -19,6 +19,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from fer_tf import compute_precision, fold_batch_norm
 from fer_tf import model as model_lib
@@ -209,6 +210,9 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
                 f"{path!r} holds neither {model_lib.BEST_MODEL_FILE} (a training workdir) nor {model_lib.SAVED_MODEL_FILE} "
                 "(an exported SavedModel, possibly in a numbered version folder); train with "
                 "`python -m fer_tf.train` or export with `python -m fer_tf.export` first")
+    if chosen == "bfloat16":
+        logging.info("computing the backbone in bfloat16 (native on this CPU; "
+                     "precision float32 for exact float32)")
     known = {}
     if contract is not None:  # a .keras model: its own contract wins over workdir files
         size = input_size or contract.decode_size or size

@@ -548,8 +548,6 @@ def predict(model, input_path, output: Optional[str] = None, faces: str = "detec
         logging.info("fer_tf.predict: model %s", pretrained.describe(model))
         classifier = inference.load_classifier(model, batch_size=batch_size,
                                                flip_average=flip_average, precision=precision)
-        logging.info("fer_tf.predict: computing in %s",
-                     compute_precision.describe(classifier.precision))
     if detector is None and faces == "detect":
         detector = faces_lib.FaceDetector(min_face_size=min_face_size)
     predictor = FacePredictor(classifier, detector if faces == "detect" else None, margin)
@@ -612,8 +610,8 @@ def define_flags():
                       "the model).")
     flags.DEFINE_bool("flip_average", False, "Average each face's probabilities with its "
                       "mirror image's (test-time augmentation, twice the compute).")
-    flags.DEFINE_enum("precision", "auto", compute_precision.PRECISIONS, "Network arithmetic: auto (bfloat16 on CPUs with AVX-512 BF16 or AMX, "
-                      "else float32), float32 or bfloat16 (.keras models).")
+    flags.DEFINE_enum("precision", "auto", compute_precision.PRECISIONS,
+                      compute_precision.FLAG_HELP)
     flags.DEFINE_integer("min_face_size", 20, "Smallest face side (pixels) searched for.")
     flags.DEFINE_integer("detect_every", DEFAULT_DETECT_EVERY, "Videos: run the face "
                          "detector every N frames and move the boxes with optical flow in "

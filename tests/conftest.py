@@ -21,6 +21,20 @@ def _require(path: pathlib.Path, what: str) -> pathlib.Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def contract_model_file(tmp_path_factory):
+    """A saved random fer48_w16 model with a FER2013-style contract (48, gray, no margin)."""
+    import keras  # pylint: disable=import-outside-toplevel
+
+    from fer_tf import model as model_lib  # pylint: disable=import-outside-toplevel
+    keras.utils.set_random_seed(4)
+    model = model_lib.build_expression_model("fer48_w16", decode_size=48, grayscale=True,
+                                             crop_margin=0.0)
+    path = tmp_path_factory.mktemp("contract") / "fer48.keras"
+    model.save(path)
+    return path, model
+
+
 @pytest.fixture(scope="session")
 def fer2013_dir() -> pathlib.Path:
     """The real FER2013 image folders (train/, test/)."""

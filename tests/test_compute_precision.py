@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_tf import compute_precision, inference, model as model_lib
+from fer_tf import compute_precision, inference
 
 _CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 {}\nbogomips\t: 4792.81\n"
 
@@ -42,18 +42,8 @@ def test_explicit_precisions_pass_and_others_fail():
         compute_precision.resolve("float16")
 
 
-@pytest.fixture(scope="module")
-def fer48_model_file(tmp_path_factory):
-    keras.utils.set_random_seed(5)
-    model = model_lib.build_expression_model("fer48_w16", decode_size=48, grayscale=True,
-                                             crop_margin=0.0)
-    path = tmp_path_factory.mktemp("bf16") / "fer48.keras"
-    model.save(path)
-    return path, model
-
-
-def test_only_the_backbone_computes_in_bfloat16(fer48_model_file):
-    _, model = fer48_model_file
+def test_only_the_backbone_computes_in_bfloat16(contract_model_file):
+    _, model = contract_model_file
     copy = compute_precision.backbone_in_bfloat16(model)
     backbone = copy.get_layer("backbone")
     convs = [layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -90,16 +90,6 @@ def test_bad_paths_and_inputs(tiny_model_file, tmp_path):
         classifier.predict_probabilities(np.zeros((1, 8, 8, 3), np.float32))
 
 
-@pytest.fixture(scope="module")
-def contract_model_file(tmp_path_factory):
-    keras.utils.set_random_seed(4)
-    model = model_lib.build_expression_model("fer48_w16", decode_size=48, grayscale=True,
-                                             crop_margin=0.0)
-    path = tmp_path_factory.mktemp("contract") / "fer48.keras"
-    model.save(path)
-    return path, model
-
-
 def test_a_copied_model_file_keeps_its_contract_and_probabilities(contract_model_file, tmp_path):
     import shutil  # pylint: disable=import-outside-toplevel
 
