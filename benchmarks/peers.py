@@ -127,13 +127,14 @@ def main(argv):
     rows.append((f"fer_tf {os.path.basename(classifier.path)} float32, BatchNorm unfolded",
                  probs, rate))
     print(f"fer_tf model: {name}")
-    print(f"{'model':<44}{'accuracy':>10}{'macro F1':>10}{'images/s':>10}")
+    width = max(len(label) for label, _, _ in rows) + 2
+    print(f"{'model':<{width}}{'accuracy':>10}{'macro F1':>10}{'images/s':>10}")
     scores = []
     for label, probs, rate in rows:
         cm = metrics.confusion_matrix(labels, probs.argmax(1), len(CLASS_NAMES))
         s = metrics.scores_from_confusion(np.asarray(cm))
         scores.append((s["accuracy"], rate))
-        print(f"{label:<44}{s['accuracy']:>10.4f}{s['f1']:>10.4f}{rate:>10.0f}")
+        print(f"{label:<{width}}{s['accuracy']:>10.4f}{s['f1']:>10.4f}{rate:>10.0f}")
     (fer_acc, fer_rate), (_, float32_rate) = scores[0], scores[1]
     ours_acc, ours_rate = scores[1 + settings.index((default, False))]
     print(f"speed ratio fer_tf float32 / fer (images/s, batch {FLAGS.batch}): "
