@@ -8,6 +8,12 @@ where it is native ("auto"), the way OpenVINO's CPU plugin does.
 
 Only the backbone computes in bfloat16: the preprocessing (resize, grayscale of uint8
 pixels) and the classifier head stay float32, and probabilities are float32.
+
+Keras's GlobalAveragePooling2D takes the mean of a bfloat16 map in float32: it casts the
+whole map up and the mean back down, two extra passes over every SE block's activations
+that cost more than the squeeze itself. The bfloat16 copy therefore squeezes with a
+full-window AveragePooling2D, which oneDNN runs on the bfloat16 map directly (it sums in
+float32 inside the kernel, so the result is the same mean rounded once to bfloat16).
 """
 
 from typing import Optional
@@ -65,6 +71,16 @@ def _with_policy(layer, policy: str):
     return layer.__class__.from_config(config)
 
 
+def _in_bfloat16(layer):
+    """`layer` rebuilt with the mixed_bfloat16 policy; a keepdims global average pool over
+    a static map becomes the equal full-window AveragePooling2D (see the module doc)."""
+    if isinstance(layer, keras.layers.GlobalAveragePooling2D) and layer.keepdims:
+        window = tuple(layer.input.shape[1:3])
+        if layer.data_format == "channels_last" and None not in window:
+            return keras.layers.AveragePooling2D(window, name=layer.name, dtype="mixed_bfloat16")
+    return _with_policy(layer, "mixed_bfloat16")
+
+
 def backbone_in_bfloat16(model: keras.Model) -> keras.Model:
     """A copy of a functional model whose nested models (the backbone) compute in bfloat16.
 
@@ -74,8 +90,7 @@ def backbone_in_bfloat16(model: keras.Model) -> keras.Model:
     """
     def clone_layer(layer):
         if isinstance(layer, keras.Model):
-            return keras.models.clone_model(
-                layer, clone_function=lambda inner: _with_policy(inner, "mixed_bfloat16"))
+            return keras.models.clone_model(layer, clone_function=_in_bfloat16)
         return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone_layer)

@@ -58,6 +58,20 @@ def test_only_the_backbone_computes_in_bfloat16(contract_model_file):
     assert copy(images, training=False).dtype == tf.float32
 
 
+def test_the_bfloat16_squeeze_is_the_float32_mean_rounded_once(contract_model_file):
+    _, model = contract_model_file
+    backbone = compute_precision.backbone_in_bfloat16(model).get_layer("backbone")
+    squeezes = [layer for layer in backbone.layers if layer.name.endswith("_squeeze")]
+    assert squeezes and all(isinstance(layer, keras.layers.AveragePooling2D) for layer in squeezes)
+    squeeze = backbone.get_layer("layer1_0_squeeze")
+    maps = tf.cast(tf.random.stateless_uniform((2, 24, 24, 64), (1, 2), 0.0, 3.0), tf.bfloat16)
+    pooled = squeeze(maps)
+    assert pooled.shape == (2, 1, 1, 64) and pooled.dtype == tf.bfloat16
+    mean = tf.reduce_mean(tf.cast(maps, tf.float32), axis=(1, 2), keepdims=True).numpy()
+    # One rounding to bfloat16's 8 significant bits: relative error at most 2**-8.
+    np.testing.assert_allclose(tf.cast(pooled, tf.float32).numpy(), mean, rtol=2.0**-8, atol=0)
+
+
 def _fer2013_faces(fer2013_dir, count=64):
     """Real 48x48 faces (FER2013 PublicTest, the happy folder)."""
     import cv2  # pylint: disable=import-outside-toplevel
