@@ -120,6 +120,20 @@ def test_flip_average_is_the_mean_of_image_and_mirror(contract_model_file):
     assert np.abs(plain - averaged).max() > 1e-6
 
 
+def test_freeze_bakes_the_variables_in():
+    scale = tf.Variable([2.0, 3.0])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
+    def scaled(x):
+        return x * scale
+
+    frozen = inference.freeze(scaled)
+    x = tf.constant([[1.0, 1.0], [0.5, -1.0]])
+    np.testing.assert_array_equal(frozen(x).numpy(), scaled(x).numpy())
+    scale.assign([10.0, 10.0])  # the frozen copy keeps the values it was frozen with
+    np.testing.assert_array_equal(frozen(x).numpy(), [[2.0, 3.0], [1.0, -3.0]])
+
+
 def test_unknown_shipped_name_is_a_plain_path_error():
     with pytest.raises(FileNotFoundError, match="shipped model name"):
         inference.load_classifier("fer2014")
