@@ -63,7 +63,7 @@ def _timed(predict, images, batch):
 
 
 def _unfolded_probabilities(path):
-    """The Keras model as loaded, without `fer_tf.fold_batch_norm` (what inference did first)."""
+    """The Keras model as loaded: no `fer_tf.fold_batch_norm`, live weights (what inference did first)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     from fer_tf import model as model_lib  # pylint: disable=import-outside-toplevel
@@ -124,7 +124,7 @@ def main(argv):
         rows.append((f"fer_tf {os.path.basename(classifier.path)} {precision}"
                      + (" + flip" if flip else ""), probs, rate))
     probs, rate = _timed(_unfolded_probabilities(classifier.path), rgb, FLAGS.batch)
-    rows.append((f"fer_tf {os.path.basename(classifier.path)} float32, BatchNorm unfolded",
+    rows.append((f"fer_tf {os.path.basename(classifier.path)} float32, as loaded (unfolded, unfrozen)",
                  probs, rate))
     print(f"fer_tf model: {name}")
     width = max(len(label) for label, _, _ in rows) + 2

@@ -10,10 +10,10 @@ Only the backbone computes in bfloat16: the preprocessing (resize, grayscale of 
 pixels) and the classifier head stay float32, and probabilities are float32.
 
 Keras's GlobalAveragePooling2D takes the mean of a bfloat16 map in float32: it casts the
-whole map up and the mean back down, two extra passes over every SE block's activations
-that cost more than the squeeze itself. The bfloat16 copy therefore squeezes with a
-full-window AveragePooling2D, which oneDNN runs on the bfloat16 map directly (it sums in
-float32 inside the kernel, so the result is the same mean rounded once to bfloat16).
+whole map up and the mean back down, an extra pass over every SE block's activations.
+The bfloat16 copy therefore squeezes with a full-window AveragePooling2D, which oneDNN
+runs on the bfloat16 map directly (it sums in float32 inside the kernel, so the result is
+the same mean rounded once to bfloat16).
 """
 
 from typing import Optional
