@@ -37,6 +37,10 @@ from absl import logging
 from fer_tf.data import class_weights as class_weights_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
+PREFETCH_BATCHES = 2
+# tf.data's autotuner, off for every input pipeline here (see _finish); only
+# benchmarks/epoch_ends.py turns it back on, to measure what it costs.
+AUTOTUNE_INPUT = False
 
 # Bytes read at each end of a file by the pre-check.
 _CHECK_BYTES = 1024
@@ -230,7 +234,13 @@ def _finish(ds, batch_size, drop_remainder, num_parallel_calls):
     # nothing an iterator checkpoint needs.
     options.experimental_external_state_policy = (
         tf.data.experimental.ExternalStatePolicy.IGNORE)
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    # Training builds one dataset per epoch and drops its iterator at the epoch's end.
+    # With autotuning on, that drop waits for the autotuner's thread, which on busy cores
+    # stalled training for half a minute at most epoch ends. Without it, AUTOTUNE
+    # parallelism stays at its starting value (the number of cores, at most 16) and the
+    # prefetch holds a fixed two batches.
+    options.autotune.enabled = AUTOTUNE_INPUT
+    return ds.with_options(options).prefetch(PREFETCH_BATCHES)
 
 
 def _ordered(ds, count, shuffle, seed, repeat, skip):
