@@ -10,10 +10,10 @@ One run, one process, the same 3,589 PublicTest files for both:
   fear, happy, sad, surprise, neutral, mapped to ours.
 - fer_tf: the shipped model (`--model` for another), uint8 48x48 faces in, its
   in-graph preprocessing, as `fer_tf.inference` runs it (BatchNorm folded into the
-  convolutions): in float32; with the backbone in bfloat16 (on CPUs that have it
-  natively, where it is the default); with test-time flip averaging at the default
-  precision; and as the Keras model computes it, float32 with BatchNorm unfolded,
-  to show what the fold buys.
+  convolutions, weights frozen): in float32; with the backbone in bfloat16 (on CPUs
+  that have it natively, where it is the default); with test-time flip averaging at
+  the default precision; and as the Keras model computes it, float32 with BatchNorm
+  unfolded and live weights, to show what folding and freezing buy.
 
 Both get the whole images (FER2013 faces are crops already), in batches of
 `--batch`; images/s counts model calls and preprocessing after one warm-up batch, as

@@ -235,8 +235,8 @@ def _finish(ds, batch_size, drop_remainder, num_parallel_calls):
     options.experimental_external_state_policy = (
         tf.data.experimental.ExternalStatePolicy.IGNORE)
     # Training builds one dataset per epoch and drops its iterator at the epoch's end.
-    # With autotuning on, that drop waits for the autotuner's thread, which on busy cores
-    # stalled training for half a minute at most epoch ends. Without it, AUTOTUNE
+    # With autotuning on, that drop waits for the autotuner's thread, which stalled
+    # FER2013 training for up to half a minute at many epoch ends. Without it, AUTOTUNE
     # parallelism stays at its starting value (the number of cores, at most 16) and the
     # prefetch holds a fixed two batches.
     options.autotune.enabled = AUTOTUNE_INPUT

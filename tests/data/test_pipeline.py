@@ -249,7 +249,7 @@ def test_images_over_the_pixel_limit_are_refused_from_the_header(tmp_path, huge_
 
 def test_every_input_path_runs_without_the_autotuner(tmp_path):
     # Training drops each epoch's iterator at its end; with tf.data's autotuner on, that
-    # drop waited for the autotuner's thread (half a minute per epoch in FER2013 runs).
+    # drop waited for the autotuner's thread (up to half a minute in FER2013 runs).
     src = _write_images(tmp_path, n=8, size=40)
     records = tf.data.Dataset.from_tensor_slices(
         {"image": [open(p, "rb").read() for p in src.paths], "label": src.labels})
