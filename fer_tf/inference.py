@@ -113,12 +113,14 @@ def freeze(function) -> Callable:
     With constant filters, oneDNN reorders each convolution's weights into its blocked
     layout once and caches them; with variables it reorders them on every call, and
     the bfloat16 casts of the weights run every call too (the README's speed row).
-    Returns images -> output, the same values up to float rounding.
+    Returns images -> output, the same values up to float rounding; its ``graph``
+    attribute is the frozen graph (what runs).
     """
     constant = convert_variables_to_constants_v2(function.get_concrete_function())
 
     def call(images):
         return constant(images)[0]
+    call.graph = constant.graph
     return call
 
 

@@ -134,6 +134,20 @@ def test_freeze_bakes_the_variables_in():
     np.testing.assert_array_equal(frozen(x).numpy(), [[2.0, 3.0], [1.0, -3.0]])
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_loaded_keras_model_runs_frozen_with_batch_norm_folded(tiny_model_file, precision):
+    # What inference runs: no variable reads (frozen: oneDNN caches reordered weights)
+    # and no batch norm left (folded into the convolutions), in either precision.
+    path, model = tiny_model_file
+    assert any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in model._flatten_layers())
+    classifier = inference.load_classifier(path, precision=precision)
+    op_types = {op.type for op in classifier._fn.graph.get_operations()}
+    assert "Conv2D" in op_types or "_FusedConv2D" in op_types
+    assert not op_types & {"ReadVariableOp", "VarHandleOp", "ResourceGather"}
+    assert not any("BatchNorm" in op_type for op_type in op_types)
+
+
 def test_unknown_shipped_name_is_a_plain_path_error():
     with pytest.raises(FileNotFoundError, match="shipped model name"):
         inference.load_classifier("fer2014")
