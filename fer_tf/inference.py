@@ -24,7 +24,7 @@ from absl import logging
 # public tf.* name in TF 2.
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from fer_tf import compute_precision, fold_batch_norm
+from fer_tf import compute_precision, fold_batch_norm, fuse_block_tails
 from fer_tf import model as model_lib
 from fer_tf import pretrained
 from fer_tf.classes import CLASS_NAMES
@@ -130,7 +130,10 @@ def _keras_fn(path: str, precision: str):
     contract = model_lib.input_contract(model)
     if precision == "bfloat16":
         model = compute_precision.backbone_in_bfloat16(model)
-    model = fold_batch_norm.fold_batch_norms(model)  # inference only: same outputs, faster
+    # Inference only, same outputs, faster: one XLA pass per SE block tail, BatchNorm
+    # folded into the convolutions (in this order: folding leaves unserializable layers).
+    model = fuse_block_tails.fuse_block_tails(model)
+    model = fold_batch_norm.fold_batch_norms(model)
 
     # One trace for every batch and crop size: the signature is fully dynamic.
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
