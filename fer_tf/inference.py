@@ -39,6 +39,14 @@ _FLAGFILE = "flags.txt"
 _SAVED_MODEL_SIGNATURE = "predict_images"
 
 
+def batch_bucket(rows: int, batch_size: int) -> int:
+    """The batch a chunk of ``rows`` images is padded to: the next power of two, at most
+    ``batch_size``. XLA compiles the fused block tails once per batch shape (a fraction
+    of a second each); buckets bound that to about log2(batch_size) + 1 shapes however
+    many faces each video frame brings, for at most twice the compute on a chunk."""
+    return min(1 << max(rows - 1, 0).bit_length(), batch_size)
+
+
 class Classifier:
     """A loaded model: uint8 RGB images in, class probabilities out, in batches.
 
@@ -54,11 +62,13 @@ class Classifier:
         (test-time augmentation; twice the compute).
       precision: what the network computes in, "float32" or "bfloat16"
         (`fer_tf.compute_precision`).
+      pad_batches: pad each chunk with blank images up to its `batch_bucket` (the
+        .keras path, whose XLA parts compile per batch shape).
     """
 
     def __init__(self, probabilities_fn: Callable, input_size: int, path: str, kind: str,
                  batch_size: int = 32, class_names=CLASS_NAMES, crop_margin: Optional[float] = None,
-                 flip_average: bool = False, precision: str = "float32"):
+                 flip_average: bool = False, precision: str = "float32", pad_batches: bool = False):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self._fn = probabilities_fn
@@ -70,6 +80,7 @@ class Classifier:
         self.crop_margin = crop_margin
         self.flip_average = bool(flip_average)
         self.precision = precision
+        self.pad_batches = bool(pad_batches)
 
     def predict_probabilities(self, images) -> np.ndarray:
         """Class probabilities of a batch of images.
@@ -95,12 +106,19 @@ class Classifier:
         chunks = []
         for start in range(0, images.shape[0], self.batch_size):
             chunk = images[start:start + self.batch_size]
-            probs = np.asarray(self._fn(tf.constant(chunk)), np.float32)
+            probs = self._call(chunk)
             if self.flip_average:
-                mirrored = np.ascontiguousarray(chunk[:, :, ::-1])
-                probs = (probs + np.asarray(self._fn(tf.constant(mirrored)), np.float32)) / 2
+                probs = (probs + self._call(np.ascontiguousarray(chunk[:, :, ::-1]))) / 2
             chunks.append(probs)
         return np.concatenate(chunks)
+
+    def _call(self, chunk: np.ndarray) -> np.ndarray:
+        """The model on one chunk, zero-padded up to its batch bucket (see `batch_bucket`)."""
+        rows = len(chunk)
+        bucket = batch_bucket(rows, self.batch_size) if self.pad_batches else rows
+        if bucket > rows:
+            chunk = np.concatenate([chunk, np.zeros((bucket - rows,) + chunk.shape[1:], chunk.dtype)])
+        return np.asarray(self._fn(tf.constant(chunk)), np.float32)[:rows]
 
     def __repr__(self):
         return (f"Classifier(kind={self.kind!r}, path={self.path!r}, "
@@ -241,4 +259,5 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
         size = input_size or contract.decode_size or size
         known = {"class_names": contract.class_names, "crop_margin": contract.crop_margin}
     return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size,
-                      flip_average=flip_average, precision=chosen, **known)
+                      flip_average=flip_average, precision=chosen,
+                      pad_batches=kind == "keras", **known)

@@ -148,6 +148,28 @@ def test_a_loaded_keras_model_runs_frozen_with_batch_norm_folded(tiny_model_file
     assert not any("BatchNorm" in op_type for op_type in op_types)
 
 
+def test_batch_buckets_are_powers_of_two_up_to_the_batch_size():
+    assert [inference.batch_bucket(n, 48) for n in (0, 1, 2, 3, 5, 16, 17, 33, 48)] == \
+        [1, 1, 2, 4, 8, 16, 32, 48, 48]
+
+
+def test_a_keras_model_sees_only_bucket_batches_and_padding_changes_nothing(tiny_model_file):
+    path, model = tiny_model_file
+    classifier = inference.load_classifier(path, batch_size=8, precision="float32")
+    seen, run = [], classifier._fn
+
+    def recording(images):
+        seen.append(int(images.shape[0]))
+        return run(images)
+    classifier._fn = recording
+    images = _images(13, size=40, seed=4)
+    probs = classifier.predict_probabilities(images)  # chunks of 8 and 5
+    assert seen == [8, 8] and probs.shape == (13, 7)
+    np.testing.assert_allclose(probs, _reference(model, images), rtol=1e-5, atol=1e-6)
+    classifier.predict_probabilities(images[:3])
+    assert seen[-1] == 4
+
+
 def test_unknown_shipped_name_is_a_plain_path_error():
     with pytest.raises(FileNotFoundError, match="shipped model name"):
         inference.load_classifier("fer2014")
