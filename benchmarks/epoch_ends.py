@@ -6,8 +6,8 @@ that drop waited for the autotuner's thread, so fer_tf's pipelines run with it o
 (`fer_tf.data.pipeline.AUTOTUNE_INPUT`). This script runs the same short training both
 ways, each in its own process, one after the other in one run: `configs/fer2013_cpu.cfg`
 with `--backbone` at batch 64 (as measured in the README) for `--updates` updates (3 epochs
-by default), validation and periodic
-checkpoints off, logging every 20 updates, in a temporary workdir. Prints per side the
+by default), validation and periodic checkpoints off, logging every 20 updates, in a
+temporary workdir. Prints per side the
 wall time of the whole command and its slowest 20-update window (with where it ended),
 then the ratio line (autotuner on / off, wall time).
 
