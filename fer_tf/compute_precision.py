@@ -11,9 +11,12 @@ pixels) and the classifier head stay float32, and probabilities are float32.
 
 Keras's GlobalAveragePooling2D takes the mean of a bfloat16 map in float32: it casts the
 whole map up and the mean back down, an extra pass over every SE block's activations.
-The bfloat16 copy therefore squeezes with a full-window AveragePooling2D, which oneDNN
-runs on the bfloat16 map directly (it sums in float32 inside the kernel, so the result is
-the same mean rounded once to bfloat16).
+On CPUs with native bfloat16 the copy therefore squeezes with a full-window
+AveragePooling2D, which oneDNN runs on the bfloat16 map directly (it sums in float32
+inside the kernel, so the result is the same mean rounded once to bfloat16). Only
+there: on other CPUs TensorFlow runs the pool with its own kernel, which sums in
+bfloat16 and can be wrong by more than the mean itself over a 24x24 map, so a forced
+bfloat16 keeps Keras's pool.
 """
 
 from typing import Optional
@@ -65,6 +68,18 @@ def resolve(precision: str) -> str:
     return "bfloat16" if this_cpu_has_native_bfloat16() else "float32"
 
 
+
+def training_policy(precision: str) -> str:
+    """The Keras dtype policy a training `--precision` stands for.
+
+    "auto" is "mixed_bfloat16" where `resolve("auto")` picks bfloat16 (a CPU-only
+    machine with native bfloat16), "float32" elsewhere: emulated bfloat16 trains
+    several times slower than float32. Other values are Keras policies already.
+    """
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if resolve("auto") == "bfloat16" else "float32"
+
 def _with_policy(layer, policy: str):
     config = layer.get_config()
     config["dtype"] = policy
@@ -72,9 +87,11 @@ def _with_policy(layer, policy: str):
 
 
 def _in_bfloat16(layer):
-    """`layer` rebuilt with the mixed_bfloat16 policy; a keepdims global average pool over
-    a static map becomes the equal full-window AveragePooling2D (see the module doc)."""
-    if isinstance(layer, keras.layers.GlobalAveragePooling2D) and layer.keepdims:
+    """`layer` rebuilt with the mixed_bfloat16 policy; on CPUs with native bfloat16, a
+    keepdims global average pool over a static map becomes the equal full-window
+    AveragePooling2D (see the module doc)."""
+    if (isinstance(layer, keras.layers.GlobalAveragePooling2D) and layer.keepdims
+            and this_cpu_has_native_bfloat16()):
         window = tuple(layer.input.shape[1:3])
         if layer.data_format == "channels_last" and None not in window:
             return keras.layers.AveragePooling2D(window, name=layer.name, dtype="mixed_bfloat16")

@@ -35,6 +35,20 @@ def test_auto_follows_the_cpu_flags(tmp_path, monkeypatch, extra_flags, expected
     assert compute_precision.resolve("auto") == "float32"
 
 
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="auto is float32 on GPUs")
+@pytest.mark.parametrize("extra_flags, expected", [
+    ("avx512f avx512_bf16", "mixed_bfloat16"), ("amx_bf16 amx_tile", "mixed_bfloat16"),
+    ("avx512f avx512_vnni", "float32")])
+def test_training_auto_is_mixed_bfloat16_only_where_native(tmp_path, monkeypatch, extra_flags,
+                                                           expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_CPUINFO.format(extra_flags))
+    monkeypatch.setattr(compute_precision, "_CPUINFO", str(cpuinfo))
+    assert compute_precision.training_policy("auto") == expected
+    for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
+        assert compute_precision.training_policy(policy) == policy
+
 def test_explicit_precisions_pass_and_others_fail():
     assert compute_precision.resolve("float32") == "float32"
     assert compute_precision.resolve("bfloat16") == "bfloat16"
@@ -58,11 +72,23 @@ def test_only_the_backbone_computes_in_bfloat16(contract_model_file):
     assert copy(images, training=False).dtype == tf.float32
 
 
+@pytest.mark.parametrize("extra_flags, pool", [
+    ("avx512f avx512_bf16", keras.layers.AveragePooling2D),
+    ("avx512f avx512_vnni", keras.layers.GlobalAveragePooling2D)])
+def test_the_bfloat16_squeeze_pools_in_bfloat16_only_where_native(
+        contract_model_file, tmp_path, monkeypatch, extra_flags, pool):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_CPUINFO.format(extra_flags))
+    monkeypatch.setattr(compute_precision, "_CPUINFO", str(cpuinfo))
+    backbone = compute_precision.backbone_in_bfloat16(contract_model_file[1]).get_layer("backbone")
+    squeezes = [layer for layer in backbone.layers if layer.name.endswith("_squeeze")]
+    assert squeezes and all(type(layer) is pool for layer in squeezes)
+
+
 def test_the_bfloat16_squeeze_is_the_float32_mean_rounded_once(contract_model_file):
+    # Whichever pool this machine's CPU gets (the test above), the same mean.
     _, model = contract_model_file
     backbone = compute_precision.backbone_in_bfloat16(model).get_layer("backbone")
-    squeezes = [layer for layer in backbone.layers if layer.name.endswith("_squeeze")]
-    assert squeezes and all(isinstance(layer, keras.layers.AveragePooling2D) for layer in squeezes)
     squeeze = backbone.get_layer("layer1_0_squeeze")
     maps = tf.cast(tf.random.stateless_uniform((2, 24, 24, 64), (1, 2), 0.0, 3.0), tf.bfloat16)
     pooled = squeeze(maps)
