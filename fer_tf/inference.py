@@ -63,7 +63,7 @@ class Classifier:
       precision: what the network computes in, "float32" or "bfloat16"
         (`fer_tf.compute_precision`).
       pad_batches: pad each chunk with blank images up to its `batch_bucket` (the
-        .keras path, whose XLA parts compile per batch shape).
+        bfloat16 .keras path, whose XLA parts compile per batch shape).
     """
 
     def __init__(self, probabilities_fn: Callable, input_size: int, path: str, kind: str,
@@ -147,10 +147,12 @@ def _keras_fn(path: str, precision: str):
     model = model_lib.load_expression_model(path)
     contract = model_lib.input_contract(model)
     if precision == "bfloat16":
-        model = compute_precision.backbone_in_bfloat16(model)
-    # Inference only, same outputs, faster: one XLA pass per SE block tail, BatchNorm
-    # folded into the convolutions (in this order: folding leaves unserializable layers).
-    model = fuse_block_tails.fuse_block_tails(model)
+        # bfloat16 only: its separate element-wise kernels are slow enough that one XLA
+        # pass per SE block tail pays; in float32 the fused tails ran slower than
+        # TensorFlow's own kernels (benchmarks/block_tails.py, the README's speed row).
+        model = fuse_block_tails.fuse_block_tails(compute_precision.backbone_in_bfloat16(model))
+    # Inference only, same outputs, faster: BatchNorm folded into the convolutions
+    # (after fusing: folding leaves unserializable layers).
     model = fold_batch_norm.fold_batch_norms(model)
 
     # One trace for every batch and crop size: the signature is fully dynamic.
@@ -260,4 +262,5 @@ def load_classifier(path=None, batch_size: int = 32, input_size: Optional[int] =
         known = {"class_names": contract.class_names, "crop_margin": contract.crop_margin}
     return Classifier(fn, size or DEFAULT_INPUT_SIZE, path, kind, batch_size,
                       flip_average=flip_average, precision=chosen,
-                      pad_batches=kind == "keras", **known)
+                      pad_batches=kind == "keras" and chosen == "bfloat16",
+                      **known)

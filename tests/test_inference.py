@@ -153,21 +153,43 @@ def test_batch_buckets_are_powers_of_two_up_to_the_batch_size():
         [1, 1, 2, 4, 8, 16, 32, 48, 48]
 
 
-def test_a_keras_model_sees_only_bucket_batches_and_padding_changes_nothing(tiny_model_file):
-    path, model = tiny_model_file
-    classifier = inference.load_classifier(path, batch_size=8, precision="float32")
+def _recording(classifier):
+    """The batch sizes `classifier`'s model function is called with, as they happen."""
     seen, run = [], classifier._fn
 
     def recording(images):
         seen.append(int(images.shape[0]))
         return run(images)
     classifier._fn = recording
+    return seen, run
+
+
+def test_bfloat16_sees_only_bucket_batches_and_padding_changes_nothing(tiny_model_file):
+    # bfloat16's XLA-fused block tails compile once per batch shape: pad to buckets.
+    path, _ = tiny_model_file
+    classifier = inference.load_classifier(path, batch_size=8, precision="bfloat16")
+    seen, run = _recording(classifier)
     images = _images(13, size=40, seed=4)
     probs = classifier.predict_probabilities(images)  # chunks of 8 and 5
     assert seen == [8, 8] and probs.shape == (13, 7)
-    np.testing.assert_allclose(probs, _reference(model, images), rtol=1e-5, atol=1e-6)
+    unpadded = np.asarray(run(tf.constant(images[8:])))
+    # The same rows computed without the blank padding: equal up to float rounding.
+    np.testing.assert_allclose(probs[8:], unpadded, rtol=1e-5, atol=1e-6)
     classifier.predict_probabilities(images[:3])
     assert seen[-1] == 4
+
+
+def test_float32_runs_each_chunk_as_it_comes(tiny_model_file):
+    # No XLA parts in float32, so nothing to pad for: a batch of 3 costs 3 images.
+    path, model = tiny_model_file
+    classifier = inference.load_classifier(path, batch_size=8, precision="float32")
+    seen, _ = _recording(classifier)
+    images = _images(13, size=40, seed=4)
+    probs = classifier.predict_probabilities(images)
+    assert seen == [8, 5] and probs.shape == (13, 7)
+    np.testing.assert_allclose(probs, _reference(model, images), rtol=1e-5, atol=1e-6)
+    classifier.predict_probabilities(images[:3])
+    assert seen[-1] == 3
 
 
 def test_unknown_shipped_name_is_a_plain_path_error():
