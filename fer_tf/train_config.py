@@ -17,7 +17,7 @@ from fer_tf.classes import CLASS_NAMES
 from fer_tf.data import class_weights as class_weights_lib
 from fer_tf.data import service_input
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 DISTRIBUTIONS = ("none", "mirrored", "multi_worker")
 BACKBONES = tuple(model_lib.BACKBONES)
 LR_SCHEDULES = ("constant", "cosine")
@@ -100,7 +100,9 @@ class TrainConfig:
     seed: int = _setting(
         0, "Seed of initialisation, shuffling (seed and epoch) and augmentation.")
     precision: str = _setting(
-        "float32", "Keras dtype policy; mixed_float16 adds loss scaling.", choices=PRECISIONS)
+        "float32", "Keras dtype policy; mixed_float16 adds loss scaling; auto: mixed_bfloat16 "
+        "on a CPU-only machine whose CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), "
+        "float32 elsewhere.", choices=PRECISIONS)
     xla: bool = _setting(False, "XLA-compile the train step (single device only).")
     distribute: str = _setting(
         "none", "mirrored: tf.distribute.MirroredStrategy over all visible GPUs (or CPU "

@@ -708,20 +708,23 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
     config.validate()
     strategy = strategy or make_strategy(config)
     config.validate(strategy.num_replicas_in_sync)
-    logging.info("fer_tf training: %s, %d replica(s), precision %s%s", config.backbone,
-                 strategy.num_replicas_in_sync, config.precision, ", XLA" if config.xla else "")
-    _warn_if_bfloat16_is_emulated(config.precision)
+    policy = compute_precision.training_policy(config.precision)
+    logging.info("fer_tf training: %s, %d replica(s), precision %s%s%s", config.backbone,
+                 strategy.num_replicas_in_sync, policy,
+                 " (--precision=auto on this machine)" if config.precision == "auto" else "",
+                 ", XLA" if config.xla else "")
+    _warn_if_bfloat16_is_emulated(policy)
     keras.utils.set_random_seed(config.seed)
     data = data or make_loop_data(config)
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.precision)
+    keras.config.set_dtype_policy(policy)
     try:
         with strategy.scope():
             model = build_model(config)
             schedule = optim.learning_rate_schedule(config.lr_head, config.lr_schedule,
                                                     config.max_updates, config.warmup_updates)
             sgd = optim.PaperSGD(config.sgd_hparams(),
-                                 loss_scale=config.precision == "mixed_float16",
+                                 loss_scale=policy == "mixed_float16",
                                  learning_rate=schedule)
         logging.info("model %s: %d trainable parameters", model.name,
                      sum(int(np.prod(v.shape)) for v in model.trainable_variables))
