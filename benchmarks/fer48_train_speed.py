@@ -3,8 +3,9 @@
 Each setting runs in its own process (TF reads TF_ENABLE_ONEDNN_OPTS at import), one
 after another in one run: a built expression model with the FER2013 augmentation,
 `fer_tf.train_step.make_train_step`, batch `--batch` of 48x48 uint8 images, `--steps`
-timed steps after 3 warm-up steps. Prints images/s per setting, then ratio lines:
-oneDNN on / off (float32) and bfloat16 / float32 (oneDNN on), per backbone.
+timed steps after 3 warm-up steps. Prints images/s per setting (TF's default, oneDNN
+off, oneDNN on, bfloat16), then ratio lines: oneDNN on / off and on / TF's default
+(float32) and bfloat16 / float32 (oneDNN on), per backbone.
 
     python benchmarks/fer48_train_speed.py [--backbones=fer48_w16,fer48_w32] [--steps=10]
 """
@@ -48,7 +49,11 @@ print(json.dumps({"images_per_second": steps * batch / (time.perf_counter() - st
 
 
 def _time(backbone, precision, onednn):
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1" if onednn else "0", TF_CPP_MIN_LOG_LEVEL="2")
+    """images/s of one setting in a child process; onednn "1", "0" or None (TF's default)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
     out = subprocess.run([sys.executable, "-c", _CHILD, backbone, precision, str(FLAGS.batch),
                           str(FLAGS.steps)], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["images_per_second"]
@@ -56,21 +61,24 @@ def _time(backbone, precision, onednn):
 
 def main(argv):
     del argv
-    settings = [("float32", False), ("float32", True)]
+    # (label, precision, TF_ENABLE_ONEDNN_OPTS): TF's default differs between CPUs
+    # (convolutions run on oneDNN by default only on some), hence its own column.
+    settings = [("float32 TF default", "float32", None), ("float32 Eigen", "float32", "0"),
+                ("float32 oneDNN", "float32", "1")]
     if FLAGS.bfloat16:
-        settings.append(("mixed_bfloat16", True))
+        settings.append(("bfloat16 oneDNN", "mixed_bfloat16", "1"))
     print(f"train step, batch {FLAGS.batch} at 48x48, augmentation on, {os.cpu_count()} CPUs")
-    print(f"{'backbone':<16}" + "".join(f"{p + (' oneDNN' if o else ' Eigen'):>24}" for p, o in settings))
+    print(f"{'backbone':<16}" + "".join(f"{label:>24}" for label, _, _ in settings))
     rates = {}
     for backbone in FLAGS.backbones:
-        rates[backbone] = [_time(backbone, p, o) for p, o in settings]
+        rates[backbone] = [_time(backbone, p, o) for _, p, o in settings]
         print(f"{backbone:<16}" + "".join(f"{r:>20.0f} i/s" for r in rates[backbone]), flush=True)
     for backbone, r in rates.items():
-        line = f"ratio {backbone}: oneDNN / Eigen (float32) {r[1] / r[0]:.2f}"
+        line = (f"ratio {backbone}: oneDNN / Eigen (float32) {r[2] / r[1]:.2f}, "
+                f"oneDNN / TF default (float32) {r[2] / r[0]:.2f}")
         if FLAGS.bfloat16:
-            line += f", bfloat16 / float32 (oneDNN) {r[2] / r[1]:.2f}"
+            line += f", bfloat16 / float32 (oneDNN) {r[3] / r[2]:.2f}"
         print(line)
-
 
 if __name__ == "__main__":
     app.run(main)

@@ -30,6 +30,20 @@ def _run(args, cwd, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
+
+@pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
+def test_the_entry_point_turns_onednn_on_unless_told_otherwise(preset, expected):
+    # TensorFlow reads TF_ENABLE_ONEDNN_OPTS at import, so only a fresh process shows it.
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    code = ("import os, sys; import fer_tf.train; assert 'tensorflow' in sys.modules; "
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == expected
+
 def test_configs_exist():
     names = {c.name for c in CONFIGS}
     assert {"demo.cfg", "paper_affwild2_expw.cfg", "fer2013.cfg", "fer2013_cpu.cfg"} <= names
