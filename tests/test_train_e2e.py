@@ -100,22 +100,25 @@ def test_demo_trains_improves_and_writes_outputs(tmp_path):
     run being complete, only re-reports)."""
     workdir = tmp_path / "run"
     args = [f"--flagfile={REPO}/configs/demo.cfg", f"--workdir={workdir}",
-            f"--data_dir={tmp_path}/demo_data", "--max_updates=160", "--validate_every=40",
-            "--checkpoint_every=40", "--log_every=20"]
+            f"--data_dir={tmp_path}/demo_data", "--max_updates=320", "--validate_every=80",
+            "--checkpoint_every=80", "--log_every=40"]
     proc = _run(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "best validation ABAW score" in proc.stdout
 
     result = json.loads((workdir / "result.json").read_text())
-    assert result["finished"] and result["updates"] == 160
+    assert result["finished"] and result["updates"] == 320
     assert set(result["val_per_class_f1"]) == {"Neutral", "Anger", "Disgust", "Fear",
                                                "Happiness", "Sadness", "Surprise"}
     scores = _event_scalars(workdir)
     val = scores["val/abaw_score"]
-    assert sorted(val) == [40, 80, 120, 160]
-    # Improves from the first validation, far above chance (~0.15).
+    assert sorted(val) == [80, 160, 240, 320]
+    # Improves from the first validation, far above chance (~0.15). 320 updates, not
+    # fewer: the first few hundred are chaotic, and with oneDNN's rounding instead of
+    # Eigen's (same arithmetic: 3e-7 apart after one update) 160 updates scored 0.29
+    # where Eigen's scored 0.41.
     assert result["val_abaw_score"] == pytest.approx(max(val.values()), abs=1e-6)
-    assert result["val_abaw_score"] > val[40] + 0.1
+    assert result["val_abaw_score"] > val[80] + 0.1
     assert result["val_abaw_score"] > 0.35
     for tag in ("train/loss", "train/learning_rate_head", "train/learning_rate_backbone",
                 "train/images_per_second", "train/grad_norm", "val/f1", "val/accuracy",
