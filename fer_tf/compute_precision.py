@@ -15,8 +15,8 @@ On CPUs with native bfloat16 the copy therefore squeezes with a full-window
 AveragePooling2D, which oneDNN runs on the bfloat16 map directly (it sums in float32
 inside the kernel, so the result is the same mean rounded once to bfloat16). Only
 there: on other CPUs TensorFlow runs the pool with its own kernel, which sums in
-bfloat16 and can be wrong by more than the mean itself over a 24x24 map, so a forced
-bfloat16 keeps Keras's pool.
+bfloat16 and can miss the mean of a 24x24 map by more than the mean itself, so a
+forced bfloat16 keeps Keras's pool.
 """
 
 from typing import Optional
