@@ -80,5 +80,6 @@ def main(argv):
             line += f", bfloat16 / float32 (oneDNN) {r[3] / r[2]:.2f}"
         print(line)
 
+
 if __name__ == "__main__":
     app.run(main)

@@ -89,22 +89,22 @@ def _unfolded_probabilities(path):
     return lambda images: fn(tf.constant(images)).numpy()
 
 
-
 def _mflops(model, input_shape):
     """Million floating-point operations per image of a Keras model, counted by
-    TensorFlow's profiler on its frozen graph at batch 1."""
+    TensorFlow's profiler on its frozen graph (`fer_tf.inference.freeze`) at batch 1."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from tensorflow.python.framework.convert_to_constants import (  # pylint: disable=import-outside-toplevel
-        convert_variables_to_constants_v2)
-    fn = tf.function(lambda x: model(x, training=False))
-    frozen = convert_variables_to_constants_v2(
-        fn.get_concrete_function(tf.TensorSpec((1,) + tuple(input_shape), tf.float32)))
+
+    from fer_tf import inference  # pylint: disable=import-outside-toplevel
+    frozen = inference.freeze(tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((1,) + tuple(input_shape), tf.float32)]))
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
         return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops / 1e6
+
 
 def main(argv):
     del argv

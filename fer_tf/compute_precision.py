@@ -68,7 +68,6 @@ def resolve(precision: str) -> str:
     return "bfloat16" if this_cpu_has_native_bfloat16() else "float32"
 
 
-
 def training_policy(precision: str) -> str:
     """The Keras dtype policy a training `--precision` stands for.
 
@@ -79,6 +78,7 @@ def training_policy(precision: str) -> str:
     if precision != "auto":
         return precision
     return "mixed_bfloat16" if resolve("auto") == "bfloat16" else "float32"
+
 
 def _with_policy(layer, policy: str):
     config = layer.get_config()

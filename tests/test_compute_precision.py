@@ -12,6 +12,13 @@ from fer_tf import compute_precision, inference
 _CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 {}\nbogomips\t: 4792.81\n"
 
 
+def _fake_cpu(tmp_path, monkeypatch, extra_flags):
+    """Points `compute_precision` at a /proc/cpuinfo listing ``extra_flags``."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(_CPUINFO.format(extra_flags))
+    monkeypatch.setattr(compute_precision, "_CPUINFO", str(cpuinfo))
+
+
 @pytest.mark.parametrize("extra_flags, native", [
     ("avx512f avx512_bf16 avx512_vnni", True), ("amx_tile amx_bf16", True),
     ("avx512f avx512_vnni", False)])
@@ -27,13 +34,10 @@ def test_native_bfloat16_is_unknown_without_flags():
 @pytest.mark.parametrize("extra_flags, expected", [
     ("avx512f avx512_bf16", "bfloat16"), ("avx512f avx512_vnni", "float32")])
 def test_auto_follows_the_cpu_flags(tmp_path, monkeypatch, extra_flags, expected):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(_CPUINFO.format(extra_flags))
-    monkeypatch.setattr(compute_precision, "_CPUINFO", str(cpuinfo))
+    _fake_cpu(tmp_path, monkeypatch, extra_flags)
     assert compute_precision.resolve("auto") == expected
     monkeypatch.setattr(compute_precision, "_CPUINFO", str(tmp_path / "missing"))
     assert compute_precision.resolve("auto") == "float32"
-
 
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="auto is float32 on GPUs")
@@ -42,12 +46,11 @@ def test_auto_follows_the_cpu_flags(tmp_path, monkeypatch, extra_flags, expected
     ("avx512f avx512_vnni", "float32")])
 def test_training_auto_is_mixed_bfloat16_only_where_native(tmp_path, monkeypatch, extra_flags,
                                                            expected):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(_CPUINFO.format(extra_flags))
-    monkeypatch.setattr(compute_precision, "_CPUINFO", str(cpuinfo))
+    _fake_cpu(tmp_path, monkeypatch, extra_flags)
     assert compute_precision.training_policy("auto") == expected
     for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
         assert compute_precision.training_policy(policy) == policy
+
 
 def test_explicit_precisions_pass_and_others_fail():
     assert compute_precision.resolve("float32") == "float32"
@@ -77,9 +80,7 @@ def test_only_the_backbone_computes_in_bfloat16(contract_model_file):
     ("avx512f avx512_vnni", keras.layers.GlobalAveragePooling2D)])
 def test_the_bfloat16_squeeze_pools_in_bfloat16_only_where_native(
         contract_model_file, tmp_path, monkeypatch, extra_flags, pool):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(_CPUINFO.format(extra_flags))
-    monkeypatch.setattr(compute_precision, "_CPUINFO", str(cpuinfo))
+    _fake_cpu(tmp_path, monkeypatch, extra_flags)
     backbone = compute_precision.backbone_in_bfloat16(contract_model_file[1]).get_layer("backbone")
     squeezes = [layer for layer in backbone.layers if layer.name.endswith("_squeeze")]
     assert squeezes and all(type(layer) is pool for layer in squeezes)

@@ -30,7 +30,6 @@ def _run(args, cwd, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
-
 @pytest.mark.parametrize("preset, expected", [(None, "1"), ("0", "0")])
 def test_the_entry_point_turns_onednn_on_unless_told_otherwise(preset, expected):
     # TensorFlow reads TF_ENABLE_ONEDNN_OPTS at import, so only a fresh process shows it.
@@ -43,6 +42,7 @@ def test_the_entry_point_turns_onednn_on_unless_told_otherwise(preset, expected)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == expected
+
 
 def test_configs_exist():
     names = {c.name for c in CONFIGS}
