@@ -70,34 +70,3 @@ def _write_huge_png(path, width=16000, height=16000):
 def huge_png(tmp_path) -> pathlib.Path:
     """A valid 16000x16000 PNG of under 1 MB (a decompression bomb for naive decoders)."""
     return _write_huge_png(tmp_path / "huge.png")
-
-
-# Test files that run for minutes on 2 cores (training, export and server subprocesses),
-# heaviest first, by their slowest tests in the README's test command with --durations=30
-# on an AVX2-only machine.
-# `--dist loadfile` hands whole files to the two workers in collection order, and
-# pytest-xdist first sorts that order by the number of tests per file, which put these
-# few-test files last: one worker ran them while the other sat idle. Giving the longest
-# jobs out first keeps both busy to the end (the other files keep their order after them).
-HEAVY_FILES_FIRST = (
-    "tests/test_train_e2e.py",
-    "tests/test_multi_worker.py",
-    "tests/data/test_data_service.py",
-    "tests/test_export_formats.py",
-    "tests/test_weights_conversion.py",
-    "tests/test_training.py",
-    "tests/test_export.py",
-)
-
-
-def pytest_configure(config):
-    """Keeps the collection order below: xdist's count-based reorder would undo it."""
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False
-
-
-def pytest_collection_modifyitems(items):
-    """Moves the files of HEAVY_FILES_FIRST to the front, in that order (a stable sort, the
-    same on every xdist worker)."""
-    rank = {name: i for i, name in enumerate(HEAVY_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
