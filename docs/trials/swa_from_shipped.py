@@ -29,6 +29,8 @@ from fer_tf.train_config import TrainConfig  # noqa: E402
 from fer_tf.train_step import make_train_step  # noqa: E402
 
 SNAPSHOT_EVERY = 100
+# The epoch whose batch order the BatchNorm pass reads: one training never reaches.
+CALIBRATION_EPOCH = 999
 
 
 def main(data_dir, out_dir, lr, updates, eval_every):
@@ -59,15 +61,16 @@ def main(data_dir, out_dir, lr, updates, eval_every):
               f"ABAW {scores['abaw_score']:.4f}", flush=True)
 
     def recompute_batch_norm_statistics():
+        momenta = [layer.momentum for layer in batch_norms]
         for layer in batch_norms:
             layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
             layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
-        for k, (images, _, _) in enumerate(data.train_epoch(999, 0), start=1):
+        for k, (images, _, _) in enumerate(data.train_epoch(CALIBRATION_EPOCH, 0), start=1):
             for layer in batch_norms:
                 layer.momentum = (k - 1) / k  # the k-th batch's share is 1/k
             model(images, training=True)
-        for layer in batch_norms:
-            layer.momentum = 0.9
+        for layer, momentum in zip(batch_norms, momenta):
+            layer.momentum = momentum
 
     def score_the_average(average, count, update):
         live = [v.numpy() for v in weights + statistics]
@@ -93,8 +96,8 @@ def main(data_dir, out_dir, lr, updates, eval_every):
                 average = current if average is None else [
                     a + (c - a) / count for a, c in zip(average, current)]
             if update % 100 == 0:
-                print(f"update {update} {128 * update / (time.time() - start):.0f} images/s",
-                      flush=True)
+                rate = config.batch_size * update / (time.time() - start)
+                print(f"update {update} {rate:.0f} images/s", flush=True)
             if update % eval_every == 0:
                 score_the_average(average, count, update)
             if update >= updates:
