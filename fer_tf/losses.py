@@ -14,7 +14,8 @@ by the global weight sum.
 import tensorflow as tf
 
 
-def _loss_dtype(logits):
+def loss_dtype(logits):
+    """float32, or float64 for float64 logits: the dtype losses are computed in."""
     # At least float32; float64 stays float64 (exactness tests against PyTorch).
     return tf.float64 if logits.dtype == tf.float64 else tf.float32
 
@@ -34,7 +35,7 @@ def per_example_cross_entropy(labels, logits, label_smoothing: float = 0.0) -> t
       float32 tensor [B] (float64 for float64 logits).
     """
     logits = tf.convert_to_tensor(logits)
-    logits = tf.cast(logits, _loss_dtype(logits))
+    logits = tf.cast(logits, loss_dtype(logits))
     labels = tf.cast(labels, tf.int32)
     if not label_smoothing:
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)

@@ -71,6 +71,9 @@ def absolutize_paths():
     for name in ("workdir", "backbone_weights"):
         if FLAGS[name].value:
             FLAGS[name].value = os.path.abspath(FLAGS[name].value)
+    for name in ("teacher", "init_from"):  # a path, or a shipped model's name
+        if FLAGS[name].value and os.path.exists(FLAGS[name].value):
+            FLAGS[name].value = os.path.abspath(FLAGS[name].value)
     for name in ("data_dir", "val_data_dir"):
         if FLAGS[name].value:
             FLAGS[name].value = ",".join(os.path.abspath(p.strip())

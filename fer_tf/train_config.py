@@ -12,7 +12,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from fer_tf import model as model_lib
-from fer_tf import optim, senet
+from fer_tf import optim, pretrained, senet
 from fer_tf.classes import CLASS_NAMES
 from fer_tf.data import class_weights as class_weights_lib
 from fer_tf.data import service_input
@@ -90,6 +90,20 @@ class TrainConfig:
         "constant", "constant (the paper) or linear warm-up + cosine decay to 0 at "
         "--max_updates.", choices=LR_SCHEDULES)
     warmup_updates: int = _setting(0, "Warm-up updates of --lr_schedule=cosine.")
+    teacher: str = _setting(
+        "", "Distil from this trained model (a .keras file, a training workdir, or a shipped "
+        "name such as fer2013): the loss adds the cross-entropy against its probabilities on "
+        "the same augmented images (fer_tf.distill; '' = no teacher).")
+    distill_weight: float = _setting(
+        0.9, "With --teacher: the teacher term's share of the loss (the label's "
+        "cross-entropy gets the rest).")
+    distill_temperature: float = _setting(
+        1.0, "With --teacher: softmax temperature of both networks in the teacher term.")
+    init_from: str = _setting(
+        "", "Start from this trained model's weights wherever layer names and shapes match "
+        "(e.g. a shallower student from the teacher's first blocks of each stage); a "
+        "resumed run restores its checkpoint instead ('' = --random_init or "
+        "--backbone_weights alone).")
     grayscale: bool = _setting(
         False, "The model turns its input gray first (gray training data such as "
         "FER2013); stored in the model file.")
@@ -149,6 +163,7 @@ class TrainConfig:
         _check_ranges(self)
         _check_choices(self)
         _check_weights(self)
+        _check_model_files(self)
         parse_class_weights(self.class_weights, self.num_classes)  # raises on bad syntax
         try:
             optim.learning_rate_schedule(self.lr_head, self.lr_schedule, self.max_updates,
@@ -199,6 +214,11 @@ def _check_ranges(config: TrainConfig):
             raise ValueError("--cache_images decodes in this process, --data_service on "
                              "service workers: drop one of them")
         service_input.parse_address(config.data_service)
+    if not 0 <= config.distill_weight <= 1:
+        raise ValueError(f"--distill_weight is a share of the loss in [0, 1], got "
+                         f"{config.distill_weight}")
+    if config.distill_temperature <= 0:
+        raise ValueError(f"--distill_temperature must be > 0, got {config.distill_temperature}")
     if config.aug_erasing > 1:
         raise ValueError(f"--aug_erasing is a probability, got {config.aug_erasing}")
 
@@ -229,6 +249,17 @@ def _check_weights(config: TrainConfig):
                          "drop one of them")
     if not config.random_init and not os.path.isfile(config.backbone_weights):
         raise senet.missing_weights_error(config.backbone_weights, "--backbone_weights")
+
+
+def _check_model_files(config: TrainConfig):
+    for name in ("teacher", "init_from"):
+        value = getattr(config, name)
+        if not value:
+            continue
+        try:
+            model_lib.resolve_model_file(pretrained.resolve(value))
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"--{name}={value}: {e}") from e
 
 
 # Settings that give a checkpoint (or its data position) its meaning: resuming with a

@@ -25,8 +25,7 @@ def _split_micro_batches(x, n):
     return tf.reshape(x, [n, -1 if b is None else b // n] + inner)
 
 
-def _replica_step(model, sgd, variables, is_head, local_micro, replicas, loss_dtype,
-                  label_smoothing):
+def _replica_step(sgd, variables, is_head, local_micro, replicas, loss_dtype, loss_sum_fn):
     """One replica's share of an update: its micro-batches, their summed gradients, and
     `PaperSGD` (which sums over replicas). Returns ``fn(images, labels, weights) ->
     (loss, grad_norm)``."""
@@ -43,10 +42,8 @@ def _replica_step(model, sgd, variables, is_head, local_micro, replicas, loss_dt
 
         def body(i, loss_sum, grad_sums):
             with tf.GradientTape() as tape:
-                logits = model(mb_images[i], training=True)
-                loss = tf.cast(losses.weighted_cross_entropy_sum(
-                    mb_labels[i], logits, mb_weights[i], label_smoothing),
-                    loss_dtype) / total_weight
+                loss = tf.cast(loss_sum_fn(mb_images[i], mb_labels[i], mb_weights[i]),
+                               loss_dtype) / total_weight
                 scaled = sgd.scale_loss(loss)
             grads = tape.gradient(scaled, variables,
                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -73,7 +70,8 @@ def _replica_step(model, sgd, variables, is_head, local_micro, replicas, loss_dt
 def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
                     strategy: Optional[tf.distribute.Strategy] = None,
                     jit_compile: bool = False, head_name: str = "head",
-                    label_smoothing: float = 0.0) -> Callable:
+                    label_smoothing: float = 0.0,
+                    loss_sum_fn: Optional[Callable] = None) -> Callable:
     """Builds the compiled function doing one optimiser update from one global batch.
 
     Each replica receives batch/R images, runs ``micro_batches/R`` micro-batches in a
@@ -93,6 +91,10 @@ def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
       jit_compile: XLA-compile the step (single replica only).
       head_name: name of the layer trained at ``lr_head``.
       label_smoothing: see `fer_tf.losses.per_example_cross_entropy` (0: the paper).
+      loss_sum_fn: ``fn(images, labels, weights)`` -> the weighted sum of per-example
+        losses of a micro-batch, running the model itself (e.g.
+        `fer_tf.distill.make_distillation_loss`); default: the model's weighted
+        cross-entropy with ``label_smoothing``.
 
     Returns:
       ``step(images, labels, weights) -> {"loss": float32, "grad_norm": float32}``;
@@ -115,8 +117,12 @@ def make_train_step(model: keras.Model, sgd: optim.PaperSGD, micro_batches: int,
     # (the exactness tests) keep float64 throughout.
     loss_dtype = tf.float64 if all(v.dtype == "float64" for v in variables) else tf.float32
 
-    replica_step = _replica_step(model, sgd, variables, is_head, local_micro, replicas,
-                                 loss_dtype, label_smoothing)
+    if loss_sum_fn is None:
+        def loss_sum_fn(images, labels, weights):
+            return losses.weighted_cross_entropy_sum(
+                labels, model(images, training=True), weights, label_smoothing)
+    replica_step = _replica_step(sgd, variables, is_head, local_micro, replicas, loss_dtype,
+                                 loss_sum_fn)
 
     # A one-replica Mirrored or multi-worker strategy still needs strategy.run (its
     # variables may only be updated in a replica context).

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fer_tf import atomic, compute_precision, optim
+from fer_tf import atomic, compute_precision, distill, optim, pretrained
 from fer_tf import model as model_lib
 from fer_tf import validation as validation_lib
 from fer_tf.classes import CLASS_NAMES
@@ -270,13 +270,14 @@ class _Run:
     """
 
     def __init__(self, model, sgd, data: LoopData, config: TrainConfig, workdir: str,
-                 strategy, class_names, outdir: str):
+                 strategy, class_names, outdir: str, loss_sum_fn=None):
         self.model, self.sgd, self.data, self.config = model, sgd, data, config
         self.workdir, self.strategy, self.class_names = workdir, strategy, class_names
         self.chief = outdir == workdir
         self.train_step = make_train_step(model, sgd, config.micro_batches, strategy,
                                           jit_compile=config.xla,
-                                          label_smoothing=config.label_smoothing)
+                                          label_smoothing=config.label_smoothing,
+                                          loss_sum_fn=loss_sum_fn)
         self.predict_fn = validation_lib.make_predict_fn(model)
         self.state = _state_variables()
         # The model's random state (augmentation seed generators): tf.train.Checkpoint
@@ -438,11 +439,14 @@ class _Run:
 
 def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: TrainConfig,
                workdir: str, strategy: Optional[tf.distribute.Strategy] = None,
-               class_names: Sequence[str] = CLASS_NAMES) -> Dict:
+               class_names: Sequence[str] = CLASS_NAMES,
+               loss_sum_fn: Optional[Callable] = None) -> Dict:
     """Trains until ``max_updates`` or early stopping; resumes from ``workdir`` if possible.
 
     Uses from ``config``: batch_size, micro_batches, validate_every, checkpoint_every,
     max_updates, patience, log_every, xla, label_smoothing, max_checkpoints, num_classes.
+    ``loss_sum_fn``: the train step's loss (`fer_tf.train_step.make_train_step`; default
+    the weighted cross-entropy), e.g. `fer_tf.distill.make_distillation_loss`.
 
     Writes into ``workdir``: ``checkpoints/`` (model, optimiser, step, epoch and batch
     position, best score, augmentation random state; atomic), TensorBoard events,
@@ -470,7 +474,7 @@ def train_loop(model: keras.Model, sgd: optim.PaperSGD, data: LoopData, config: 
         with strategy.scope():
             sgd.build(model.trainable_variables)
         run = _Run(model, sgd, data, config, workdir, strategy,
-                   tuple(class_names)[: config.num_classes], outdir)
+                   tuple(class_names)[: config.num_classes], outdir, loss_sum_fn)
         with _StopRequest() as stop:
             while not run.done():
                 run.train_epoch(stop)
@@ -688,6 +692,20 @@ def build_model(config: TrainConfig) -> keras.Model:
         class_names=CLASS_NAMES[: config.num_classes], crop_margin=config.crop_margin)
 
 
+def _prepare_distillation(model: keras.Model, config: TrainConfig) -> Optional[Callable]:
+    """Applies --init_from to a new model; returns the --teacher loss (None: no teacher).
+    A resumed run's checkpoint restore overwrites the --init_from weights later."""
+    if config.init_from:
+        source = model_lib.load_expression_model(
+            model_lib.resolve_model_file(pretrained.resolve(config.init_from)))
+        distill.copy_matching_weights(model, source)
+    if not config.teacher:
+        return None
+    teacher = distill.load_teacher(config.teacher, model)
+    return distill.make_distillation_loss(model, teacher, config.distill_weight,
+                                          config.distill_temperature, config.label_smoothing)
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str,
                        data: Optional[LoopData] = None,
                        strategy: Optional[tf.distribute.Strategy] = None) -> Dict:
@@ -721,6 +739,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
     try:
         with strategy.scope():
             model = build_model(config)
+            loss_sum_fn = _prepare_distillation(model, config)
             schedule = optim.learning_rate_schedule(config.lr_head, config.lr_schedule,
                                                     config.max_updates, config.warmup_updates)
             sgd = optim.PaperSGD(config.sgd_hparams(),
@@ -728,6 +747,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str,
                                  learning_rate=schedule)
         logging.info("model %s: %d trainable parameters", model.name,
                      sum(int(np.prod(v.shape)) for v in model.trainable_variables))
-        return train_loop(model, sgd, data, config, workdir, strategy)
+        return train_loop(model, sgd, data, config, workdir, strategy, loss_sum_fn=loss_sum_fn)
     finally:
         keras.config.set_dtype_policy(previous_policy)

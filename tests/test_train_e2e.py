@@ -200,6 +200,8 @@ def test_resume_refuses_changed_critical_flags_and_allows_harmless_ones(tmp_path
 @pytest.mark.parametrize("module, args, expected", [
     ("fer_tf.train", ["--flagfile=configs/demo.cfg", "--workdir={tmp}/w", "--batch_size=30",
                       "--micro_batches=4"], "--batch_size=30 is not divisible"),
+    ("fer_tf.train", ["--flagfile=configs/demo.cfg", "--workdir={tmp}/w",
+                      "--teacher={tmp}/teacher.keras"], "--teacher="),
     ("fer_tf.train", ["--flagfile=configs/demo.cfg", "--lr_head=abc"],
      "flag --lr_head=abc: could not convert"),
     ("fer_tf.predict", ["--input={tmp}/absent.jpg"], "absent.jpg not found"),
