@@ -285,8 +285,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
-                        "package), training workdir, .keras file or exported SavedModel dir.")
+    flags.DEFINE_string("model", None, pretrained.model_flag_help(
+        "training workdir, .keras file or exported SavedModel dir"))
     flags.DEFINE_string("dataset", None, f"Dataset name: one of {sources.DATASETS}, or "
                         "tfds:affwild2 / tfds:expw for records built by fer_tf.data.prepare.")
     flags.DEFINE_string("data_dir", None, "Dataset root folder (tfds: datasets: the TFDS data dir).")

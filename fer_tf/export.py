@@ -581,8 +581,8 @@ def load_exported(export_dir) -> ExportedModel:
 
 def define_flags():
     """The command's flags: --model, --format, --export_dir / --output, --overwrite, --decode_size."""
-    flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
-                        "package), training workdir (uses its best_model.keras) or a .keras file.")
+    flags.DEFINE_string("model", None, pretrained.model_flag_help(
+        "training workdir (uses its best_model.keras) or a .keras file"))
     flags.DEFINE_enum("format", "saved_model", FORMATS, "saved_model: a TF Serving folder "
                       "(--export_dir); onnx / litert: one .onnx / .tflite file (--output), "
                       "needs pip install 'fer_tf[export]'.")

@@ -593,8 +593,8 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    flags.DEFINE_string("model", None, "Shipped model name (default: fer2013, inside the "
-                        "package), training workdir, .keras file or exported SavedModel dir.")
+    flags.DEFINE_string("model", None, pretrained.model_flag_help(
+        "training workdir, .keras file or exported SavedModel dir"))
     flags.DEFINE_string("input", None, "Image, video or folder (searched recursively).")
     flags.DEFINE_string("output", None, "CSV file to write; default: CSV on standard output.")
     flags.DEFINE_enum("faces", "detect", FACE_MODES, "detect: find faces with MTCNN; none: inputs "

@@ -49,6 +49,12 @@ def shipped_path(name: str = DEFAULT) -> str:
     return path
 
 
+def model_flag_help(also: str) -> str:
+    """The help text of a command's --model flag: the shipped names, then ``also``."""
+    return (f"Shipped model name ({', '.join(SHIPPED)}: inside the package; default "
+            f"{DEFAULT}), {also}.")
+
+
 def resolve(model: Optional[str]) -> str:
     """A model argument as a path: None or '' -> the default shipped model, a shipped
     name -> its file, anything else unchanged (a workdir, .keras file or SavedModel)."""
