@@ -28,9 +28,8 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_shipped_file_is_small_and_is_the_default(no_network):
+def test_fer2013_is_the_default(no_network):
     path = pretrained.shipped_path()
-    assert os.path.getsize(path) <= MAX_SHIPPED_BYTES
     assert pretrained.resolve(None) == path and pretrained.resolve("fer2013") == path
     assert "shipped model 'fer2013'" in pretrained.describe(None)
     classifier = inference.load_classifier(None)
@@ -42,12 +41,23 @@ def test_shipped_file_is_small_and_is_the_default(no_network):
                                     "Sadness", "Surprise")
 
 
-def test_a_copy_elsewhere_gives_identical_probabilities(tmp_path, no_network):
+@pytest.mark.parametrize("name", sorted(pretrained.SHIPPED))
+def test_every_shipped_file_is_small_and_carries_the_fer2013_contract(name, no_network):
+    path = pretrained.shipped_path(name)
+    assert os.path.getsize(path) <= MAX_SHIPPED_BYTES
+    assert pretrained.resolve(name) == path
+    assert f"shipped model {name!r}" in pretrained.describe(name)
+    contract = model_lib.input_contract(model_lib.load_expression_model(path))
+    assert contract.decode_size == 48 and contract.grayscale and contract.crop_margin == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(pretrained.SHIPPED))
+def test_a_copy_elsewhere_gives_identical_probabilities(tmp_path, no_network, name):
     copy = tmp_path / "anywhere" / "model.keras"
     copy.parent.mkdir()
-    shutil.copy(pretrained.shipped_path(), copy)
+    shutil.copy(pretrained.shipped_path(name), copy)
     images = _faces()
-    shipped = inference.load_classifier("fer2013").predict_probabilities(images)
+    shipped = inference.load_classifier(name).predict_probabilities(images)
     copied = inference.load_classifier(str(copy))
     assert copied.input_size == 48 and copied.crop_margin == 0.0
     np.testing.assert_array_equal(shipped, copied.predict_probabilities(images))
@@ -85,8 +95,10 @@ def test_a_model_trained_in_bfloat16_ships_computing_in_float32(tmp_path):
 
 
 @pytest.mark.parametrize("name", SMILING_SINGLE_FACES)
-def test_predict_without_model_labels_smiling_photos_happiness(faces_dir, name):
-    summary = predict.predict(None, str(faces_dir / name), progress=False)
+@pytest.mark.parametrize("model", [None] + sorted(set(pretrained.SHIPPED) - {pretrained.DEFAULT}))
+def test_predict_labels_smiling_photos_happiness(faces_dir, name, model):
+    """With no --model (the default) and with every other shipped model."""
+    summary = predict.predict(model, str(faces_dir / name), progress=False)
     assert summary["num_faces"] == 1
     row = summary["rows"][0]
     assert summary["class_names"][row.label] == "Happiness", row.probabilities
