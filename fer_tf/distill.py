@@ -27,6 +27,11 @@ from fer_tf import losses, pretrained
 from fer_tf import model as model_lib
 
 
+def load_trained(path: str) -> keras.Model:
+    """A trained expression model from a .keras file, a training workdir or a shipped name."""
+    return model_lib.load_expression_model(model_lib.resolve_model_file(pretrained.resolve(path)))
+
+
 def load_teacher(path: str, student: keras.Model) -> keras.Model:
     """Loads a teacher model (file, workdir or shipped name) and checks it fits the student.
 
@@ -34,8 +39,7 @@ def load_teacher(path: str, student: keras.Model) -> keras.Model:
       ValueError: the teacher expects other faces (decode size, gray or colour, classes)
         or another network input size than the student's preprocessing produces.
     """
-    resolved = pretrained.resolve(path)
-    teacher = model_lib.load_expression_model(model_lib.resolve_model_file(resolved))
+    teacher = load_trained(path)
     teacher.trainable = False
     ours, theirs = model_lib.input_contract(student), model_lib.input_contract(teacher)
     for field in ("decode_size", "grayscale", "class_names"):

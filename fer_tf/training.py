@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from fer_tf import atomic, compute_precision, distill, optim, pretrained
+from fer_tf import atomic, compute_precision, distill, optim
 from fer_tf import model as model_lib
 from fer_tf import validation as validation_lib
 from fer_tf.classes import CLASS_NAMES
@@ -696,9 +696,7 @@ def _prepare_distillation(model: keras.Model, config: TrainConfig) -> Optional[C
     """Applies --init_from to a new model; returns the --teacher loss (None: no teacher).
     A resumed run's checkpoint restore overwrites the --init_from weights later."""
     if config.init_from:
-        source = model_lib.load_expression_model(
-            model_lib.resolve_model_file(pretrained.resolve(config.init_from)))
-        distill.copy_matching_weights(model, source)
+        distill.copy_matching_weights(model, distill.load_trained(config.init_from))
     if not config.teacher:
         return None
     teacher = distill.load_teacher(config.teacher, model)
