@@ -195,12 +195,8 @@ def main(argv):
 
 def _short_name(model):
     """A shipped model's name, or a path's last part, for the table."""
-    return model if model in _shipped_names() else os.path.basename(os.path.normpath(model))
-
-
-def _shipped_names():
     from fer_tf import pretrained  # pylint: disable=import-outside-toplevel
-    return pretrained.SHIPPED
+    return model if model in pretrained.SHIPPED else os.path.basename(os.path.normpath(model))
 
 if __name__ == "__main__":
     app.run(main)

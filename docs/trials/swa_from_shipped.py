@@ -23,7 +23,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as python -m fer_tf.train
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fer_tf import optim, pretrained, training  # noqa: E402
+from fer_tf import distill, optim, training  # noqa: E402
 from fer_tf import validation as validation_lib  # noqa: E402
 from fer_tf.train_config import TrainConfig  # noqa: E402
 from fer_tf.train_step import make_train_step  # noqa: E402
@@ -43,9 +43,8 @@ def main(data_dir, out_dir, lr, updates, eval_every):
     keras.utils.set_random_seed(config.seed)
     data = training.make_loop_data(config)
     model = training.build_model(config)
-    shipped = {v.path: v for v in keras.models.load_model(pretrained.resolve(None)).weights}
-    for variable in model.weights:
-        variable.assign(shipped[variable.path])
+    # Every variable, by layer name: the same architecture as the shipped model.
+    assert distill.copy_matching_weights(model, distill.load_trained(None)) == len(model.weights)
     sgd = optim.PaperSGD(config.sgd_hparams(), learning_rate=lr)
     sgd.build(model.trainable_variables)
     step = make_train_step(model, sgd, 1, label_smoothing=config.label_smoothing)
