@@ -38,14 +38,15 @@ def _config(data_dir, backbone):
         aug_erasing=0.25, seed=1)
 
 
-def _batch_norms(model):
+def batch_norm_layers(model):
+    """Every BatchNormalization layer of the model, nested ones included."""
     return [layer for layer in model._flatten_layers()  # pylint: disable=protected-access
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def recompute_batch_norm_statistics(model, data):
     """Moving mean/variance of every BatchNorm = the mean over one epoch's batches."""
-    batch_norms = _batch_norms(model)
+    batch_norms = batch_norm_layers(model)
     momenta = [layer.momentum for layer in batch_norms]
     for layer in batch_norms:
         layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))

@@ -21,16 +21,16 @@ import time
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as python -m fer_tf.train does
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from fer_tf import distill, optim, training  # noqa: E402
 from fer_tf import validation as validation_lib  # noqa: E402
 from fer_tf.train_config import TrainConfig  # noqa: E402
 from fer_tf.train_step import make_train_step  # noqa: E402
 
+# The sibling script (this folder is on sys.path when a script here runs).
+from average_checkpoints import batch_norm_layers, recompute_batch_norm_statistics  # noqa: E402
+
 SNAPSHOT_EVERY = 100
-# The epoch whose batch order the BatchNorm pass reads: one training never reaches.
-CALIBRATION_EPOCH = 999
 
 
 def main(data_dir, out_dir, lr, updates, eval_every):
@@ -49,9 +49,8 @@ def main(data_dir, out_dir, lr, updates, eval_every):
     sgd.build(model.trainable_variables)
     step = make_train_step(model, sgd, 1, label_smoothing=config.label_smoothing)
     predict = validation_lib.make_predict_fn(model)
-    batch_norms = [layer for layer in model._flatten_layers()  # pylint: disable=protected-access
-                   if isinstance(layer, keras.layers.BatchNormalization)]
-    statistics = [v for layer in batch_norms for v in (layer.moving_mean, layer.moving_variance)]
+    statistics = [v for layer in batch_norm_layers(model)
+                  for v in (layer.moving_mean, layer.moving_variance)]
     weights = model.trainable_variables
 
     def score(tag):
@@ -59,24 +58,12 @@ def main(data_dir, out_dir, lr, updates, eval_every):
         print(f"{tag}: accuracy {scores['accuracy']:.4f} macro F1 {scores['f1']:.4f} "
               f"ABAW {scores['abaw_score']:.4f}", flush=True)
 
-    def recompute_batch_norm_statistics():
-        momenta = [layer.momentum for layer in batch_norms]
-        for layer in batch_norms:
-            layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
-            layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
-        for k, (images, _, _) in enumerate(data.train_epoch(CALIBRATION_EPOCH, 0), start=1):
-            for layer in batch_norms:
-                layer.momentum = (k - 1) / k  # the k-th batch's share is 1/k
-            model(images, training=True)
-        for layer, momentum in zip(batch_norms, momenta):
-            layer.momentum = momentum
-
     def score_the_average(average, count, update):
         live = [v.numpy() for v in weights + statistics]
         score(f"SGD weights at update {update}")
         for variable, value in zip(weights, average):
             variable.assign(value)
-        recompute_batch_norm_statistics()
+        recompute_batch_norm_statistics(model, data)
         score(f"average of {count} snapshots at update {update}")
         model.save(os.path.join(out_dir, f"swa_lr{lr}_{update}.keras"))
         for variable, value in zip(weights + statistics, live):
