@@ -7,10 +7,10 @@ writes a training run's best model as a compact shipped file (`save_compact`).
 ``fer2013`` is the default for prediction, evaluation, export and the Python API: a
 small SE-ResNet trained on FER2013 (research use only; see the model card in the
 README). ``fer2013_fast`` has half its depth and was distilled from it
-(`fer_tf.distill`, ``configs/fer2013_fast.cfg``): about 1.5 times the speed for about a
-point of accuracy. The file lives in ``fer_tf/models/`` as package data, so it loads without a
-network and without a training workdir; its input contract travels inside it
-(`fer_tf.model.FacePreprocessing`).
+(`fer_tf.distill`, ``configs/fer2013_fast.cfg``): about 1.6 times the speed for about half
+a point of PublicTest accuracy (README). The files live in ``fer_tf/models/`` as package
+data, so they load without a network and without a training workdir; each carries its
+input contract (`fer_tf.model.FacePreprocessing`).
 """
 
 import io
