@@ -56,7 +56,7 @@ BACKBONES = {
 
 @keras.saving.register_keras_serializable(package="fer_tf")
 class FacePreprocessing(layers.Layer):
-    """(gray) -> Resize -> (training: augmentation) -> BGR minus the VGGFace2 mean.
+    """(gray) -> Resize -> (training: augmentation) -> (centre crop) -> BGR minus the mean.
 
     The order follows the paper's torchvision pipeline (Resize, RandomHorizontalFlip,
     ColorJitter, then normalisation). Runs in float32 whatever the global policy.
@@ -68,11 +68,16 @@ class FacePreprocessing(layers.Layer):
     colour input is turned gray first, torchvision's weights, three equal channels),
     ``class_names`` (the meaning of the outputs) and ``crop_margin`` (how much of a
     detector's box to add per side so a crop is framed like the training faces).
+
+    ``center_crop`` (optional) is the side of the central square the backbone sees, out of
+    the ``size`` image: the network runs on fewer pixels (cheaper per image), and with a
+    shift jitter in the augmentation the training crops land at random positions, the
+    usual random crop of FER2013 recipes.
     """
 
     def __init__(self, size=224, augment=False, seed=None, augment_options=None,
                  decode_size=None, grayscale=False, class_names=None, crop_margin=None,
-                 **kwargs):
+                 center_crop=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.size = size
@@ -83,6 +88,9 @@ class FacePreprocessing(layers.Layer):
         self.grayscale = bool(grayscale)
         self.class_names = tuple(class_names) if class_names else tuple(classes.CLASS_NAMES)
         self.crop_margin = None if crop_margin is None else float(crop_margin)
+        self.center_crop = int(center_crop) if center_crop else None
+        if self.center_crop is not None and not 0 < self.center_crop <= size:
+            raise ValueError(f"center_crop={center_crop} must be in 1..{size} (the input size)")
         self.augmentation = None
         if augment:
             self.augmentation = augment_lib.FaceAugmentation(
@@ -101,16 +109,24 @@ class FacePreprocessing(layers.Layer):
         x = preprocessing.resize(x, self.size)
         if self.augmentation is not None and training:
             x = self.augmentation(x, training=True)
+        if self.center_crop is not None:
+            x = preprocessing.center_crop(x, self.center_crop)
         return preprocessing.rgb_to_network_input(x)
 
+    @property
+    def output_size(self) -> int:
+        """Side of the images the backbone receives."""
+        return self.center_crop or self.size
+
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], self.size, self.size, 3)
+        return (input_shape[0], self.output_size, self.output_size, 3)
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "augment": self.augment,
                 "seed": self.seed, "augment_options": self.augment_options,
                 "decode_size": self.decode_size, "grayscale": self.grayscale,
-                "class_names": list(self.class_names), "crop_margin": self.crop_margin}
+                "class_names": list(self.class_names), "crop_margin": self.crop_margin,
+                "center_crop": self.center_crop}
 
 
 def _torch_linear_initializers(fan_in):
@@ -120,11 +136,17 @@ def _torch_linear_initializers(fan_in):
     return kernel, keras.initializers.RandomUniform(-bound, bound)
 
 
-def build_backbone(backbone="senet50", backbone_weights=None):
-    """The SE-ResNet feature extractor (no fc) as a nested model named "backbone"."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-    spec = BACKBONES[backbone]
+def backbone_spec(name: str) -> BackboneSpec:
+    """The `BACKBONES` entry of ``name``; a ValueError listing the choices if unknown."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def build_backbone(backbone="senet50", backbone_weights=None, input_size=None):
+    """The SE-ResNet feature extractor (no fc) as a nested model named "backbone", for
+    square inputs of ``input_size`` (default: the backbone's own size)."""
+    spec = backbone_spec(backbone)
     if backbone_weights is not None and not os.path.isfile(backbone_weights):
         raise senet.missing_weights_error(backbone_weights)  # before building anything
     return senet.se_resnet(
@@ -132,7 +154,7 @@ def build_backbone(backbone="senet50", backbone_weights=None):
         spec.base_width,
         include_top=False,
         weights=backbone_weights,
-        input_shape=(spec.input_size, spec.input_size, 3),
+        input_shape=(input_size or spec.input_size, input_size or spec.input_size, 3),
         name="backbone",
         stem=spec.stem,
     )
@@ -149,6 +171,7 @@ def build_expression_model(
     grayscale=False,
     class_names=None,
     crop_margin=None,
+    center_crop=None,
 ):
     """Builds the paper's model.
 
@@ -162,18 +185,22 @@ def build_expression_model(
         erasing, ...); None is the paper's flip + ColorJitter.
       decode_size, grayscale, class_names, crop_margin: the input contract stored in
         the model (see `FacePreprocessing`).
+      center_crop: side of the central square of the backbone's input size that the
+        backbone sees (None: all of it); see `FacePreprocessing`.
 
     Returns:
       A `keras.Model` from RGB [0, 255] images (None, None, None, 3) to logits. The
       head is the Dense layer named "head"; the backbone is the nested model "backbone".
     """
-    trunk = build_backbone(backbone, backbone_weights)
-    size = BACKBONES[backbone].input_size
+    face = FacePreprocessing(backbone_spec(backbone).input_size, augment=augment, seed=seed,
+                             augment_options=augment_options, decode_size=decode_size,
+                             grayscale=grayscale,
+                             class_names=class_names or classes.CLASS_NAMES[:num_classes],
+                             crop_margin=crop_margin, center_crop=center_crop,
+                             name="preprocessing")
+    trunk = build_backbone(backbone, backbone_weights, face.output_size)
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
-    x = FacePreprocessing(size, augment=augment, seed=seed, augment_options=augment_options,
-                          decode_size=decode_size, grayscale=grayscale,
-                          class_names=class_names or classes.CLASS_NAMES[:num_classes],
-                          crop_margin=crop_margin, name="preprocessing")(images)
+    x = face(images)
     features = trunk(x)
     kernel_init, bias_init = _torch_linear_initializers(features.shape[-1])
     # The head stays float32 under mixed precision: logits feed a float32 loss.

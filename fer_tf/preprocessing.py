@@ -26,6 +26,19 @@ def resize(images, size: int = NETWORK_INPUT_SIZE):
     return tf.image.resize(images, (size, size), method="bilinear")
 
 
+def center_crop(images, side: int):
+    """The central side x side square of a batch of images [B, H, W, C] (static H, W).
+
+    With an odd difference the extra row or column is dropped at the bottom/right, as
+    torchvision's CenterCrop rounds its offsets.
+    """
+    height, width = images.shape[-3], images.shape[-2]
+    if side > min(height, width):
+        raise ValueError(f"center crop {side} is larger than the {height}x{width} images")
+    top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
+    return images[..., top:top + side, left:left + side, :]
+
+
 def rgb_to_network_input(images):
     """RGB 0..255 float -> BGR minus the VGGFace2 mean (what the weights expect)."""
     images = tf.cast(images, tf.float32)

@@ -689,7 +689,8 @@ def build_model(config: TrainConfig) -> keras.Model:
         num_classes=config.num_classes, augment=config.augment, seed=config.seed,
         augment_options={k: v for k, v in options.items() if v},
         decode_size=config.image_size, grayscale=config.grayscale,
-        class_names=CLASS_NAMES[: config.num_classes], crop_margin=config.crop_margin)
+        class_names=CLASS_NAMES[: config.num_classes], crop_margin=config.crop_margin,
+        center_crop=config.center_crop or None)
 
 
 def _prepare_distillation(model: keras.Model, config: TrainConfig) -> Optional[Callable]:

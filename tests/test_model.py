@@ -115,3 +115,31 @@ def test_input_contract_travels_in_the_model_file(tmp_path):
     assert contract == model_lib.InputContract(48, True, ("a", "b", "c", "d", "e", "f", "g"), 0.05)
     old = model_lib.input_contract(model_lib.build_expression_model("tiny"))
     assert old.decode_size is None and old.crop_margin is None and not old.grayscale
+
+
+def test_center_crop_feeds_the_backbone_the_central_square_and_travels_in_the_file(tmp_path):
+    model = model_lib.build_expression_model("fer48_w16", augment=True, seed=1, center_crop=40,
+                                             augment_options={"shift": 0.1})
+    assert model.get_layer("backbone").input_shape[1:3] == (40, 40)
+    x = np.random.default_rng(5).uniform(0, 255, (2, 48, 48, 3)).astype(np.float32)
+    # Inference: exactly the backbone on the central 40x40 pixels (offset 4 on each side).
+    manual = model.get_layer("head")(model.get_layer("backbone")(
+        preprocessing.rgb_to_network_input(x[:, 4:44, 4:44, :]))).numpy()
+    np.testing.assert_allclose(model(x).numpy(), manual, rtol=1e-6, atol=1e-6)
+    # Training: shifted crops, so the 40x40 inputs differ from the central square.
+    face = model.get_layer("preprocessing")
+    assert face(x, training=True).shape == (2, 40, 40, 3)
+    model.save(tmp_path / "crop.keras")
+    reloaded = model_lib.load_expression_model(tmp_path / "crop.keras")
+    assert reloaded.get_layer("preprocessing").center_crop == 40
+    np.testing.assert_array_equal(reloaded(x).numpy(), model(x).numpy())
+    with pytest.raises(ValueError, match="center_crop=56 must be in 1..48"):
+        model_lib.build_expression_model("fer48_w16", center_crop=56)
+
+
+def test_center_crop_rounds_offsets_like_torchvision():
+    images = np.arange(2 * 7 * 6 * 1, dtype=np.float32).reshape(2, 7, 6, 1)
+    # torchvision's center_crop: top = round((7 - 4) / 2) = 2 (Python's round), left = 1.
+    np.testing.assert_array_equal(preprocessing.center_crop(images, 4), images[:, 2:6, 1:5])
+    with pytest.raises(ValueError, match="larger than the 7x6 images"):
+        preprocessing.center_crop(images, 7)

@@ -389,6 +389,17 @@ def test_config_validation_messages():
         train_config.TrainConfig(random_init=True, class_weights="1,2").validate()
     with pytest.raises(ValueError, match="--xla works on a single device"):
         train_config.TrainConfig(random_init=True, xla=True, distribute="mirrored").validate()
+    with pytest.raises(ValueError, match="--center_crop must be >= 0"):
+        train_config.TrainConfig(random_init=True, center_crop=-1).validate()
+
+
+def test_center_crop_reaches_the_model_and_guards_resume():
+    config = train_config.TrainConfig(backbone="tiny", random_init=True, center_crop=56)
+    model = training.build_model(config)
+    assert model.get_layer("backbone").input_shape[1:3] == (56, 56)
+    assert model.get_layer("preprocessing").center_crop == 56
+    assert train_config.resume_conflicts({"center_crop": "0"}, config) == [
+        "--center_crop=56 (the checkpoint's run used 0)"]
 
 
 def _one_update_change(precision, xla=False):
