@@ -29,8 +29,8 @@ def resize(images, size: int = NETWORK_INPUT_SIZE):
 def center_crop(images, side: int):
     """The central side x side square of a batch of images [B, H, W, C] (static H, W).
 
-    With an odd difference the extra row or column is dropped at the bottom/right, as
-    torchvision's CenterCrop rounds its offsets.
+    The offsets are ``round((H - side) / 2)`` and ``round((W - side) / 2)`` with Python's
+    round (halves to even), as torchvision's center_crop computes them.
     """
     height, width = images.shape[-3], images.shape[-2]
     if side > min(height, width):
