@@ -59,7 +59,8 @@ def _time(backbone, crop, precision, onednn):
     if onednn is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = onednn
     out = subprocess.run([sys.executable, "-c", _CHILD, backbone, precision, str(FLAGS.batch),
-                          str(FLAGS.steps), str(crop)], env=env, capture_output=True, text=True, check=True)
+                          str(FLAGS.steps), str(crop)],
+                         env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["images_per_second"]
 
 

@@ -272,8 +272,7 @@ def _check_model_files(config: TrainConfig):
 # Settings that give a checkpoint (or its data position) its meaning: resuming with a
 # different value would silently reinterpret it, or fail deep inside restore.
 RESUME_CRITICAL = ("dataset", "data_dir", "train_split", "image_size", "backbone", "center_crop",
-                   "shuffle_buffer",
-                   "batch_size", "micro_batches", "seed", "num_classes")
+                   "shuffle_buffer", "batch_size", "micro_batches", "seed", "num_classes")
 
 
 def resume_conflicts(previous: Dict[str, str], config: TrainConfig) -> list:

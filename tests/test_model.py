@@ -118,17 +118,24 @@ def test_input_contract_travels_in_the_model_file(tmp_path):
 
 
 def test_center_crop_feeds_the_backbone_the_central_square_and_travels_in_the_file(tmp_path):
+    # Shift jitter only (no flip, no ColorJitter), so training differs from inference by
+    # where the crop lands.
+    shift_only = {"shift": 0.1, "flip": False, "brightness": 0, "contrast": 0, "saturation": 0,
+                  "hue": 0}
     model = model_lib.build_expression_model("fer48_w16", augment=True, seed=1, center_crop=40,
-                                             augment_options={"shift": 0.1})
+                                             augment_options=shift_only)
     assert model.get_layer("backbone").input_shape[1:3] == (40, 40)
     x = np.random.default_rng(5).uniform(0, 255, (2, 48, 48, 3)).astype(np.float32)
     # Inference: exactly the backbone on the central 40x40 pixels (offset 4 on each side).
     manual = model.get_layer("head")(model.get_layer("backbone")(
         preprocessing.rgb_to_network_input(x[:, 4:44, 4:44, :]))).numpy()
     np.testing.assert_allclose(model(x).numpy(), manual, rtol=1e-6, atol=1e-6)
-    # Training: shifted crops, so the 40x40 inputs differ from the central square.
+    # Training: 40x40 crops at shifted positions, not the central square.
     face = model.get_layer("preprocessing")
-    assert face(x, training=True).shape == (2, 40, 40, 3)
+    central = face(x, training=False).numpy()
+    shifted = face(x, training=True).numpy()
+    assert shifted.shape == central.shape == (2, 40, 40, 3)
+    assert np.abs(shifted - central).max() > 1.0
     model.save(tmp_path / "crop.keras")
     reloaded = model_lib.load_expression_model(tmp_path / "crop.keras")
     assert reloaded.get_layer("preprocessing").center_crop == 40
