@@ -143,6 +143,20 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
+def zero_last_batchnorm_scales(backbone: keras.Model) -> int:
+    """Sets the scale (gamma) of every residual branch's last BatchNorm (``*_bn3``) to 0.
+
+    Each bottleneck then starts as the identity on its shortcut, so a deep network trained
+    from scratch begins as a shallow one (Goyal et al. 2017; torchvision's
+    ``zero_init_residual``, timm's ``zero_init_last``). The squeeze-excitation gate still
+    learns: the scale's gradient is not zero. Returns how many scales were zeroed.
+    """
+    scales = [layer.gamma for layer in backbone.layers if layer.name.endswith("_bn3")]
+    for gamma in scales:
+        gamma.assign(keras.ops.zeros_like(gamma))
+    return len(scales)
+
+
 def build_backbone(backbone="senet50", backbone_weights=None, input_size=None):
     """The SE-ResNet feature extractor (no fc) as a nested model named "backbone", for
     square inputs of ``input_size`` (default: the backbone's own size)."""
@@ -172,6 +186,7 @@ def build_expression_model(
     class_names=None,
     crop_margin=None,
     center_crop=None,
+    zero_init_last=False,
 ):
     """Builds the paper's model.
 
@@ -187,6 +202,9 @@ def build_expression_model(
         the model (see `FacePreprocessing`).
       center_crop: side of the central square of the backbone's input size that the
         backbone sees (None: all of it); see `FacePreprocessing`.
+      zero_init_last: with random initialisation, start every residual branch at zero
+        (`zero_last_batchnorm_scales`); refused with ``backbone_weights``, which it would
+        overwrite.
 
     Returns:
       A `keras.Model` from RGB [0, 255] images (None, None, None, 3) to logits. The
@@ -198,7 +216,12 @@ def build_expression_model(
                              class_names=class_names or classes.CLASS_NAMES[:num_classes],
                              crop_margin=crop_margin, center_crop=center_crop,
                              name="preprocessing")
+    if zero_init_last and backbone_weights is not None:
+        raise ValueError("zero_init_last would overwrite the converted backbone weights; "
+                         "it is for random initialisation only")
     trunk = build_backbone(backbone, backbone_weights, face.output_size)
+    if zero_init_last:
+        zero_last_batchnorm_scales(trunk)
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
     x = face(images)
     features = trunk(x)

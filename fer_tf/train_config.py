@@ -58,6 +58,10 @@ class TrainConfig:
         "--random_init.")
     random_init: bool = _setting(
         False, "Train the backbone from random initialisation instead of --backbone_weights.")
+    zero_init_last: bool = _setting(
+        False, "With --random_init: start every residual branch at zero (the last "
+        "BatchNorm scale of each bottleneck), so the network starts as the identity on "
+        "its shortcuts (torchvision's zero_init_residual).")
     batch_size: int = _setting(256, "Images per optimiser update (all replicas).")
     micro_batches: int = _setting(
         4, "Accumulated micro-batches per update (all replicas); BatchNorm sees "
@@ -256,6 +260,12 @@ def _check_weights(config: TrainConfig):
                          "drop one of them")
     if not config.random_init and not os.path.isfile(config.backbone_weights):
         raise senet.missing_weights_error(config.backbone_weights, "--backbone_weights")
+    if config.zero_init_last and not config.random_init:
+        raise ValueError("--zero_init_last initialises a network trained from scratch; it "
+                         "needs --random_init (it would overwrite --backbone_weights)")
+    if config.zero_init_last and config.init_from:
+        raise ValueError("--zero_init_last and --init_from contradict each other: "
+                         "--init_from replaces the initial weights; drop one of them")
 
 
 def _check_model_files(config: TrainConfig):

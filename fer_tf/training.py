@@ -690,7 +690,7 @@ def build_model(config: TrainConfig) -> keras.Model:
         augment_options={k: v for k, v in options.items() if v},
         decode_size=config.image_size, grayscale=config.grayscale,
         class_names=CLASS_NAMES[: config.num_classes], crop_margin=config.crop_margin,
-        center_crop=config.center_crop or None)
+        center_crop=config.center_crop or None, zero_init_last=config.zero_init_last)
 
 
 def _prepare_distillation(model: keras.Model, config: TrainConfig) -> Optional[Callable]:

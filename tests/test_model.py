@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 
@@ -150,3 +151,28 @@ def test_center_crop_rounds_offsets_like_torchvision():
     np.testing.assert_array_equal(preprocessing.center_crop(images, 4), images[:, 2:6, 1:5])
     with pytest.raises(ValueError, match="larger than the 7x6 images"):
         preprocessing.center_crop(images, 7)
+
+
+def test_zero_init_last_starts_every_residual_branch_at_zero():
+    """Only the bn3 scales change (to 0), so each block without a projection passes its
+    input through unchanged (its input is post-ReLU, so relu(x + 0) = x). Tolerance: none
+    for the weights (same seed), 0 for the identity (the branch adds exact zeros)."""
+    keras.utils.set_random_seed(3)
+    plain = model_lib.build_expression_model("fer48_w16x2")
+    keras.utils.set_random_seed(3)
+    zeroed = model_lib.build_expression_model("fer48_w16x2", zero_init_last=True)
+    changed = []
+    for a, b in zip(plain.weights, zeroed.weights):
+        if not np.array_equal(a.numpy(), b.numpy()):
+            changed.append(b.path)
+            assert b.path.endswith("_bn3/gamma") and not b.numpy().any(), b.path
+    assert len(changed) == 8  # 2 blocks x 4 stages
+    backbone = zeroed.get_layer("backbone")
+    probe = keras.Model(backbone.input, [backbone.get_layer(f"layer{s}_{i}_relu").output
+                                         for s in (1, 2, 3, 4) for i in (0, 1)])
+    images = np.random.default_rng(0).normal(0, 50, (2, 48, 48, 3)).astype(np.float32)
+    outputs = probe(images)
+    for first, second in zip(outputs[0::2], outputs[1::2]):
+        np.testing.assert_array_equal(second.numpy(), first.numpy())
+    with pytest.raises(ValueError, match="zero_init_last would overwrite"):
+        model_lib.build_expression_model("tiny", backbone_weights=__file__, zero_init_last=True)

@@ -391,6 +391,11 @@ def test_config_validation_messages():
         train_config.TrainConfig(random_init=True, xla=True, distribute="mirrored").validate()
     with pytest.raises(ValueError, match="--center_crop must be >= 0"):
         train_config.TrainConfig(random_init=True, center_crop=-1).validate()
+    with pytest.raises(ValueError, match="--zero_init_last .* needs --random_init"):
+        train_config.TrainConfig(zero_init_last=True, backbone_weights=__file__).validate()
+    with pytest.raises(ValueError, match="--zero_init_last and --init_from contradict"):
+        train_config.TrainConfig(random_init=True, zero_init_last=True,
+                                 init_from=__file__).validate()
 
 
 def test_center_crop_reaches_the_model_and_guards_resume():
@@ -400,6 +405,13 @@ def test_center_crop_reaches_the_model_and_guards_resume():
     assert model.get_layer("preprocessing").center_crop == 56
     assert train_config.resume_conflicts({"center_crop": "0"}, config) == [
         "--center_crop=56 (the checkpoint's run used 0)"]
+
+
+def test_zero_init_last_reaches_the_model():
+    config = train_config.TrainConfig(backbone="tiny", random_init=True, zero_init_last=True)
+    backbone = training.build_model(config).get_layer("backbone")
+    scales = [layer.gamma.numpy() for layer in backbone.layers if layer.name.endswith("_bn3")]
+    assert len(scales) == 4 and all(not s.any() for s in scales)
 
 
 def _one_update_change(precision, xla=False):
