@@ -148,8 +148,9 @@ def zero_last_batchnorm_scales(backbone: keras.Model) -> int:
 
     Each bottleneck then starts as the identity on its shortcut, so a deep network trained
     from scratch begins as a shallow one (Goyal et al. 2017; torchvision's
-    ``zero_init_residual``, timm's ``zero_init_last``). The squeeze-excitation gate still
-    learns: the scale's gradient is not zero. Returns how many scales were zeroed.
+    ``zero_init_residual``, timm's ``zero_init_last``). The scales' gradients are not
+    zero, so the branches, and after them their squeeze-excitation gates, learn from the
+    first update. Returns how many scales were zeroed.
     """
     scales = [layer.gamma for layer in backbone.layers if layer.name.endswith("_bn3")]
     for gamma in scales:
