@@ -143,19 +143,18 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-def zero_last_batchnorm_scales(backbone: keras.Model) -> int:
+def zero_last_batchnorm_scales(backbone: keras.Model):
     """Sets the scale (gamma) of every residual branch's last BatchNorm (``*_bn3``) to 0.
 
     Each bottleneck then starts as the identity on its shortcut, so a deep network trained
     from scratch begins as a shallow one (Goyal et al. 2017; torchvision's
     ``zero_init_residual``, timm's ``zero_init_last``). The scales' gradients are not
     zero, so the branches, and after them their squeeze-excitation gates, learn from the
-    first update. Returns how many scales were zeroed.
+    first update.
     """
-    scales = [layer.gamma for layer in backbone.layers if layer.name.endswith("_bn3")]
-    for gamma in scales:
-        gamma.assign(keras.ops.zeros_like(gamma))
-    return len(scales)
+    for layer in backbone.layers:
+        if layer.name.endswith("_bn3"):
+            layer.gamma.assign(keras.ops.zeros_like(layer.gamma))
 
 
 def build_backbone(backbone="senet50", backbone_weights=None, input_size=None):
